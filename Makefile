@@ -1,0 +1,43 @@
+# chatplatform: `make run` starts the whole platform, `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+
+.PHONY: run test lint typecheck lock clean
+
+# The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
+# ignores machine-wide pip indexes that could serve a different build of a pinned version).
+$(VENV)/.runtime: requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements.lock
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
+	$(UV) pip install --quiet --python $(PY) --require-hashes -r requirements-dev.lock
+	@touch $@
+
+run: $(VENV)/.runtime
+	@exec $(PY) -m chatplatform.supervisor
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(VENV)/bin/mypy
+
+# Tests use their own var/ (CHATPLATFORM_VAR_DIR) so they never touch a running platform's data.
+test: $(VENV)/.dev lint typecheck
+	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
+	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest
+
+lock: $(VENV)/.runtime
+	$(UV) pip compile --quiet --python-version 3.11 --generate-hashes requirements.in -o requirements.lock
+	$(UV) pip compile --quiet --python-version 3.11 --generate-hashes requirements-dev.in -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) var/test .pytest_cache .mypy_cache .ruff_cache

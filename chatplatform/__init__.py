@@ -1,0 +1,1 @@
+"""The chatplatform project package (the requested `platform/`: see the README for the name)."""

@@ -1,0 +1,40 @@
+"""One error shape for the whole API: {"error": {"code", "message", "details"}}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+def _message(detail: Any) -> str:
+    """The first human-readable message inside a DRF error detail."""
+    if isinstance(detail, dict):
+        for field, value in detail.items():
+            inner = _message(value)
+            return inner if field in ("detail", "non_field_errors") else f"{field}: {inner}"
+        return "invalid request"
+    if isinstance(detail, list):
+        return _message(detail[0]) if detail else "invalid request"
+    return str(detail)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    # Django's own exceptions become their DRF twins, so they get a proper code as well.
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = exception_handler(exc, context)
+    if response is None or not isinstance(exc, exceptions.APIException):
+        return response
+    code = exc.get_codes()
+    if not isinstance(code, str):
+        code = "invalid" if isinstance(exc, exceptions.ValidationError) else "error"
+    details = response.data if isinstance(exc, exceptions.ValidationError) else {}
+    response.data = {"error": {"code": code, "message": _message(response.data), "details": details}}
+    return response

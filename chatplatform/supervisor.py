@@ -1,0 +1,276 @@
+"""`make run`: the whole platform in the foreground, supervised.
+
+Order: check configuration → take the var/ lock → check the port → hold (or reach) PostgreSQL and
+Redis → migrate and bootstrap → start the children (web, worker, beat) → watch them. A child that
+dies is restarted with backoff; one that keeps dying stops the whole stack loudly, so the platform
+never runs half up. SIGINT or SIGTERM stops every child's process group, then the embedded servers.
+
+Adding a process (the embedded Xinference, say) is one more entry in `child_specs`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+from chatplatform import embedded
+from chatplatform.service_urls import parse_database_url, parse_redis_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STOP_GRACE_S = 15.0
+MAX_RESTARTS = 5  # within RESTART_WINDOW_S, after which the stack stops
+RESTART_WINDOW_S = 120.0
+READY_TIMEOUT_S = 120.0
+
+
+class StartupError(Exception):
+    """A problem the operator must fix; printed as one line before exiting non-zero."""
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str
+    argv: list[str]
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes]
+    restarts: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    var_dir: Path
+    host: str
+    port: int
+
+
+def log(message: str) -> None:
+    print(f"[supervisor] {message}", file=sys.stderr, flush=True)
+
+
+def read_config(environ: dict[str, str]) -> Config:
+    var_dir = Path(environ.get("CHATPLATFORM_VAR_DIR") or BASE_DIR / "var").resolve()
+    port_text = environ.get("PORT") or "8000"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise StartupError(f"PORT must be a number from 1 to 65535, got {port_text!r}")
+    try:
+        if environ.get("DATABASE_URL"):
+            parse_database_url(environ["DATABASE_URL"])
+        if environ.get("REDIS_URL"):
+            parse_redis_url(environ["REDIS_URL"])
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    return Config(var_dir=var_dir, host=environ.get("HOST") or "127.0.0.1", port=int(port_text))
+
+
+@contextlib.contextmanager
+def single_instance(var_dir: Path) -> Iterator[None]:
+    """Hold var/run/platform.lock for the life of the platform; a second start is refused."""
+    run_dir = var_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / "platform.lock"
+    with open(lock_path, "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "unknown"
+            raise StartupError(
+                f"chatplatform is already running on {var_dir} (supervisor pid {holder}): stop it first"
+            ) from None
+        lock_file.truncate(0)
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        yield
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise StartupError(f"port {port} on {host} is taken: stop what uses it or set PORT") from None
+
+
+def resolve_services(config: Config, environ: dict[str, str]) -> dict[str, str]:
+    """DATABASE_URL and REDIS_URL for the children: the configured servers, checked, or the embedded ones."""
+    database_url = environ.get("DATABASE_URL") or embedded.postgres_url(config.var_dir)
+    redis_url = environ.get("REDIS_URL") or embedded.redis_url(config.var_dir)
+    database = parse_database_url(database_url)
+    try:
+        psycopg.connect(
+            host=database["HOST"],
+            port=database.get("PORT") or None,
+            user=database.get("USER") or None,
+            password=database.get("PASSWORD") or None,
+            dbname=database["NAME"],
+            connect_timeout=5,
+        ).close()
+    except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StartupError(f"DATABASE_URL: cannot connect to PostgreSQL: {first_line}") from None
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise StartupError(f"REDIS_URL: cannot reach Redis: {exc}") from None
+    finally:
+        client.close()
+    return {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+
+
+def child_specs(config: Config) -> list[ChildSpec]:
+    python = sys.executable
+    return [
+        ChildSpec(
+            "web",
+            [python, "-m", "uvicorn", "chatplatform.asgi:application", "--host", config.host,
+             "--port", str(config.port), "--lifespan", "off"],
+        ),
+        ChildSpec(
+            "worker",
+            [python, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
+             "--concurrency", os.environ.get("WORKER_CONCURRENCY", "2"), "-n", "worker@%h", "-l", "info"],
+        ),
+        ChildSpec(
+            "beat",
+            [python, "-m", "celery", "-A", "workers", "beat", "-l", "info",
+             "--schedule", str(config.var_dir / "celerybeat-schedule")],
+        ),
+    ]  # fmt: skip
+
+
+def run_once(argv: list[str], env: dict[str, str]) -> None:
+    """A setup step (migrate, bootstrap); its failure stops the start."""
+    completed = subprocess.run(argv, env=env, cwd=BASE_DIR, check=False)
+    if completed.returncode != 0:
+        raise StartupError(f"`{' '.join(argv[1:])}` failed with exit code {completed.returncode}")
+
+
+def spawn(spec: ChildSpec, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Each child leads its own process group, so stopping it also stops what it forked
+    # (Celery's pool processes), and a Ctrl-C reaches children only through the supervisor.
+    return subprocess.Popen(spec.argv, env=env, cwd=BASE_DIR, start_new_session=True)
+
+
+def stop_children(children: list[Child]) -> None:
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        try:
+            child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log(f"{child.spec.name} did not stop in {STOP_GRACE_S:.0f}s; killing it")
+        # Whatever is left in the group (a pool process that ignored SIGTERM) is killed.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.process.wait(timeout=5)
+
+
+def announce_when_ready(config: Config, started: float) -> bool:
+    url = f"http://{config.host}:{config.port}/healthz"
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as response:
+        if response.status == 200:
+            log(
+                f"chatplatform is up in {time.monotonic() - started:.1f}s on http://{config.host}:{config.port}/ "
+                "(console /admin/, API docs /api/docs/); Ctrl-C stops it"
+            )
+            return True
+    return False
+
+
+class StopRequested(Exception):
+    pass
+
+
+def raise_stop(signum: int, _frame: object) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def supervise(children: list[Child], env: dict[str, str], config: Config, started: float) -> int:
+    embedded_servers = []
+    if "DATABASE_URL" not in os.environ:
+        embedded_servers.append(embedded.embedded_postgres(config.var_dir))
+    if "REDIS_URL" not in os.environ:
+        embedded_servers.append(embedded.embedded_redis(config.var_dir))
+    ready = False
+    last_server_check = 0.0
+    while True:
+        time.sleep(0.5)
+        if not ready and time.monotonic() - started < READY_TIMEOUT_S:
+            ready = announce_when_ready(config, started)
+        if time.monotonic() - last_server_check > 2.0:
+            last_server_check = time.monotonic()
+            for server in embedded_servers:
+                if server.restart_if_down():
+                    log(f"embedded {server.name} had stopped; started it again")
+        for child in children:
+            code = child.process.poll()
+            if code is None:
+                continue
+            now = time.monotonic()
+            child.restarts = [moment for moment in child.restarts if now - moment < RESTART_WINDOW_S]
+            if len(child.restarts) >= MAX_RESTARTS:
+                log(
+                    f"{child.spec.name} keeps exiting (code {code}, {MAX_RESTARTS} restarts); stopping"
+                )
+                return 1
+            delay = 2 ** len(child.restarts) * 0.5
+            log(f"{child.spec.name} exited with code {code}; restarting in {delay:.1f}s")
+            time.sleep(delay)
+            child.restarts.append(time.monotonic())
+            child.process = spawn(child.spec, env)
+
+
+def main() -> int:
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, raise_stop)
+    signal.signal(signal.SIGINT, raise_stop)
+    children: list[Child] = []
+    try:
+        config = read_config(dict(os.environ))
+        with single_instance(config.var_dir):
+            check_port_free(config.host, config.port)
+            env = {**os.environ, **resolve_services(config, dict(os.environ))}
+            env["CHATPLATFORM_VAR_DIR"] = str(config.var_dir)
+            env.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
+            run_once([sys.executable, "manage.py", "migrate", "--noinput"], env)
+            run_once([sys.executable, "manage.py", "bootstrap"], env)
+            for spec in child_specs(config):
+                children.append(Child(spec, spawn(spec, env)))
+            return supervise(children, env, config, started)
+    except StartupError as exc:
+        log(f"error: {exc}")
+        return 2
+    except StopRequested as stop:
+        log(f"{stop} received; stopping")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_children(children)
+        # The embedded servers stop through their holder list as this process exits (atexit).
+
+
+if __name__ == "__main__":
+    sys.exit(main())

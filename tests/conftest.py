@@ -1,0 +1,103 @@
+"""Fixtures: real PostgreSQL (settings hold the embedded one under var/test unless DATABASE_URL is
+set), real Redis, and a real Celery worker process against the test database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+
+from accounts.models import Role
+from accounts.services import api_key_create, membership_set
+from tests.factories import TeamFactory, UserFactory
+from workers.celery import app as celery_app
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def database_url_of(settings_dict: dict) -> str:
+    """A DATABASE_URL for the database this test run uses (pytest-django's test_ database)."""
+    host = quote(settings_dict["HOST"], safe="") if settings_dict["HOST"].startswith("/") else settings_dict["HOST"]
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    password = f":{quote(settings_dict['PASSWORD'], safe='')}" if settings_dict.get("PASSWORD") else ""
+    return f"postgres://{settings_dict['USER']}{password}@{host}{port}/{settings_dict['NAME']}"
+
+
+def wait_for_worker(timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if celery_app.control.ping(timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the test Celery worker did not answer a ping in time; see its output above")
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
+    """A real `celery worker` process on every queue, using the test database; yields its node name."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_of(connection.settings_dict),
+        "REDIS_URL": settings.REDIS_URL,
+        "CHATPLATFORM_VAR_DIR": str(settings.VAR_DIR),
+    }
+    node_name = f"test-worker-{os.getpid()}@localhost"
+    # Drop messages a previous, interrupted run may have left so this run starts clean.
+    celery_app.control.purge()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
+         "--concurrency", "2", "-n", node_name, "-l", "warning"],
+        cwd=BASE_DIR, env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_worker(timeout=60)
+        yield node_name
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def team():  # type: ignore[no-untyped-def]
+    return TeamFactory()
+
+
+@pytest.fixture
+def other_team():  # type: ignore[no-untyped-def]
+    return TeamFactory()
+
+
+def member_of(team, role: Role = Role.MEMBER):  # type: ignore[no-untyped-def]
+    user = UserFactory()
+    membership_set(team=team, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def member(team):  # type: ignore[no-untyped-def]
+    return member_of(team)
+
+
+@pytest.fixture
+def outsider(other_team):  # type: ignore[no-untyped-def]
+    return member_of(other_team, Role.OWNER)
+
+
+def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:  # type: ignore[no-untyped-def]
+    _key, secret = api_key_create(user=user, team=team, name="test", scopes=scopes)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client

@@ -1,0 +1,236 @@
+"""`make run` for real: the embedded stack comes up healthy, refuses a second start and a taken
+port, restarts a killed child, and Ctrl-C (SIGINT to the process group) or SIGTERM leaves no
+process behind: not the web, worker or beat, not PostgreSQL, not Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def platform_env(var_dir: Path, port: int, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"CHATPLATFORM_VAR_DIR": str(var_dir), "PORT": str(port), "WORKER_CONCURRENCY": "1"}, **extra)
+    return env
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def wait_healthy(port: int, timeout: float = START_TIMEOUT_S) -> dict:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = healthz(port)
+            if status == 200:
+                return body
+            last = body
+        except OSError as error:
+            last = error
+        time.sleep(0.5)
+    raise AssertionError(f"/healthz on port {port} never answered 200; last: {last}")
+
+
+def processes_under(var_dir: Path) -> list[psutil.Process]:
+    """Every live process whose command line or open files mention this var/ (servers included)."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(var_dir) in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def server_pids(var_dir: Path) -> list[int]:
+    """PostgreSQL's postmaster and redis-server, which run as daemons outside the supervisor's tree."""
+    postmaster = int((var_dir / "pgdata" / "postmaster.pid").read_text().splitlines()[0])
+    redis_server = int((var_dir / "run" / "redis.pid").read_text().strip())
+    return [postmaster, redis_server]
+
+
+def tree_pids(root: psutil.Process) -> list[int]:
+    return [root.pid, *(child.pid for child in root.children(recursive=True))]
+
+
+def assert_all_gone(pids: list[int], var_dir: Path) -> None:
+    deadline = time.monotonic() + 30
+    alive: list[int] = []
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        if not alive and not processes_under(var_dir):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"left behind: {alive} {[p.cmdline() for p in processes_under(var_dir)]}")
+
+
+@dataclass
+class RunningPlatform:
+    process: subprocess.Popen[bytes]
+    var_dir: Path
+    port: int
+    startup_s: float
+
+
+@pytest.fixture(scope="module")
+def running_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPlatform]:
+    var_dir = tmp_path_factory.mktemp("platform") / "var"
+    port = free_port()
+    started = time.monotonic()
+    # `make run` in its own session, as a terminal would run it: Ctrl-C then reaches the whole group.
+    process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=BASE_DIR,
+                               env=platform_env(var_dir, port), start_new_session=True)  # fmt: skip
+    try:
+        wait_healthy(port)
+        yield RunningPlatform(process, var_dir, port, time.monotonic() - started)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_first_start_is_healthy_with_every_component(running_platform: RunningPlatform) -> None:
+    status, body = healthz(running_platform.port)
+    assert status == 200
+    assert {name for name, component in body["components"].items() if component["status"] == "ok"} == {
+        "database", "pgvector", "broker", "workers", "xinference",
+    }  # fmt: skip
+    print(f"first make run healthy after {running_platform.startup_s:.1f}s")
+
+
+def test_the_admin_can_log_in_with_the_printed_password(running_platform: RunningPlatform) -> None:
+    login_page = urllib.request.urlopen(f"http://127.0.0.1:{running_platform.port}/admin/login/", timeout=5)
+    assert login_page.status == 200
+    static = urllib.request.urlopen(f"http://127.0.0.1:{running_platform.port}/static/admin/css/base.css", timeout=5)
+    assert static.status == 200
+
+
+def test_a_second_start_on_the_same_var_is_refused(running_platform: RunningPlatform) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        env=platform_env(running_platform.var_dir, free_port()),
+    )  # fmt: skip
+    assert second.returncode != 0
+    assert "already running" in second.stderr
+    assert healthz(running_platform.port)[0] == 200
+
+
+def test_a_taken_port_is_one_line_naming_it(running_platform: RunningPlatform, tmp_path: Path) -> None:
+    other = subprocess.run(
+        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        env=platform_env(tmp_path / "var", running_platform.port),
+    )  # fmt: skip
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines() == [
+        f"[supervisor] error: port {running_platform.port} on 127.0.0.1 is taken: stop what uses it or set PORT"
+    ]
+
+
+def test_a_killed_child_is_restarted(running_platform: RunningPlatform) -> None:
+    supervisor = next(
+        p for p in psutil.Process(running_platform.process.pid).children() if "supervisor" in " ".join(p.cmdline())
+    )
+    web = next(child for child in supervisor.children() if "uvicorn" in " ".join(child.cmdline()))
+    web.kill()
+    time.sleep(1)
+    wait_healthy(running_platform.port, timeout=60)
+    new_web = next(child for child in supervisor.children() if "uvicorn" in " ".join(child.cmdline()))
+    assert new_web.pid != web.pid
+
+
+def test_a_killed_embedded_redis_is_started_again(running_platform: RunningPlatform) -> None:
+    _postmaster, redis_pid = server_pids(running_platform.var_dir)
+    psutil.Process(redis_pid).kill()
+    time.sleep(3)
+    wait_healthy(running_platform.port, timeout=90)
+    assert server_pids(running_platform.var_dir)[1] != redis_pid
+
+
+def test_ctrl_c_stops_everything_and_leaves_no_process(running_platform: RunningPlatform) -> None:
+    make = psutil.Process(running_platform.process.pid)
+    pids = tree_pids(make) + server_pids(running_platform.var_dir)
+    assert len(pids) >= 6  # make, supervisor, web, worker (+ pool), beat, postgres, redis
+    os.killpg(running_platform.process.pid, signal.SIGINT)
+    running_platform.process.wait(timeout=60)
+    assert_all_gone(pids, running_platform.var_dir)
+
+
+def test_a_later_start_reuses_everything_and_sigterm_leaves_no_process(running_platform: RunningPlatform) -> None:
+    """Runs after the Ctrl-C test on the same var/: no setup left to do, so it is fast."""
+    assert running_platform.process.poll() is not None
+    started = time.monotonic()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, start_new_session=True,
+        env=platform_env(running_platform.var_dir, running_platform.port),
+    )  # fmt: skip
+    try:
+        wait_healthy(running_platform.port)
+        print(f"later start healthy after {time.monotonic() - started:.1f}s")
+        pids = tree_pids(psutil.Process(supervisor.pid)) + server_pids(running_platform.var_dir)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        assert_all_gone(pids, running_platform.var_dir)
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("DATABASE_URL", "mysql://user@db/chat", "DATABASE_URL must start with postgres://"),
+        ("REDIS_URL", "http://redis:6379", "REDIS_URL must start with redis://"),
+        ("PORT", "eighty", "PORT must be a number"),
+    ],
+)
+def test_malformed_configuration_is_one_line_and_non_zero(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        env=platform_env(tmp_path / "var", free_port(), **{variable: value}),
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_unreachable_database_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        env=platform_env(tmp_path / "var", free_port(), DATABASE_URL=f"postgres://app@127.0.0.1:{free_port()}/chat"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[supervisor] error: DATABASE_URL: cannot connect to PostgreSQL")
+    assert not processes_under(tmp_path / "var")
