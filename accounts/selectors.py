@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TypeVar
 
+from django.contrib.auth.models import AnonymousUser
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
@@ -26,7 +27,9 @@ def api_key_get_active(*, secret: str) -> ApiKey | None:
     return key
 
 
-def team_ids_for(*, user: User | None, api_key: ApiKey | None = None, minimum_role: Role = Role.VIEWER) -> QuerySet:
+def team_ids_for(
+    *, user: User | AnonymousUser | None, api_key: ApiKey | None = None, minimum_role: Role = Role.VIEWER
+) -> QuerySet:
     """Ids of the teams this user may act in with at least `minimum_role`.
 
     A request made with an API key acts in the key's team only, even when its user belongs to others.
@@ -43,7 +46,7 @@ def team_ids_for(*, user: User | None, api_key: ApiKey | None = None, minimum_ro
 def team_scoped(
     queryset: QuerySet[ModelT],
     *,
-    user: User | None,
+    user: User | AnonymousUser | None,
     api_key: ApiKey | None = None,
     team_field: str = "team",
     minimum_role: Role = Role.VIEWER,
@@ -53,7 +56,7 @@ def team_scoped(
     return queryset.filter(**{f"{team_field}__in": team_ids})
 
 
-def teams_for(*, user: User | None, api_key: ApiKey | None = None) -> QuerySet[Team]:
+def teams_for(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Team]:
     return team_scoped(Team.objects.all(), user=user, api_key=api_key, team_field="pk")
 
 

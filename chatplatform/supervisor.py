@@ -231,9 +231,7 @@ def supervise(children: list[Child], env: dict[str, str], config: Config, starte
             now = time.monotonic()
             child.restarts = [moment for moment in child.restarts if now - moment < RESTART_WINDOW_S]
             if len(child.restarts) >= MAX_RESTARTS:
-                log(
-                    f"{child.spec.name} keeps exiting (code {code}, {MAX_RESTARTS} restarts); stopping"
-                )
+                log(f"{child.spec.name} keeps exiting (code {code}, {MAX_RESTARTS} restarts); stopping")
                 return 1
             delay = 2 ** len(child.restarts) * 0.5
             log(f"{child.spec.name} exited with code {code}; restarting in {delay:.1f}s")

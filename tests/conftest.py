@@ -71,32 +71,32 @@ def celery_worker_process(django_db_setup: None, django_db_blocker: pytest.Fixtu
 
 
 @pytest.fixture
-def team():  # type: ignore[no-untyped-def]
-    return TeamFactory()
+def team():
+    return TeamFactory.create()
 
 
 @pytest.fixture
-def other_team():  # type: ignore[no-untyped-def]
-    return TeamFactory()
+def other_team():
+    return TeamFactory.create()
 
 
-def member_of(team, role: Role = Role.MEMBER):  # type: ignore[no-untyped-def]
-    user = UserFactory()
+def member_of(team, role: Role = Role.MEMBER):
+    user = UserFactory.create()
     membership_set(team=team, user=user, role=role)
     return user
 
 
 @pytest.fixture
-def member(team):  # type: ignore[no-untyped-def]
+def member(team):
     return member_of(team)
 
 
 @pytest.fixture
-def outsider(other_team):  # type: ignore[no-untyped-def]
+def outsider(other_team):
     return member_of(other_team, Role.OWNER)
 
 
-def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:  # type: ignore[no-untyped-def]
+def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:
     _key, secret = api_key_create(user=user, team=team, name="test", scopes=scopes)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")

@@ -15,7 +15,7 @@ from tests.conftest import bearer_client, member_of
 pytestmark = pytest.mark.django_db
 
 
-def team_slugs(response) -> list[str]:  # type: ignore[no-untyped-def]
+def team_slugs(response) -> list[str]:
     return sorted(team["slug"] for team in response.json()["results"])
 
 

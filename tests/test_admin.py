@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def admin_client_logged_in() -> Client:
-    admin = UserFactory(is_staff=True, is_superuser=True)
+    admin = UserFactory.create(is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(admin)
     return client
@@ -34,11 +34,11 @@ def test_every_registered_model_lists_searches_and_adds(admin_client_logged_in: 
         assert admin_client_logged_in.get(f"{base}add/").status_code == expected_add, base
 
 
-def _request_for(client: Client):  # type: ignore[no-untyped-def]
+def _request_for(client: Client):
     from django.test import RequestFactory
 
     request = RequestFactory().get("/admin/")
-    request.user = UserFactory(is_staff=True, is_superuser=True)
+    request.user = UserFactory.create(is_staff=True, is_superuser=True)
     return request
 
 
@@ -56,4 +56,5 @@ def test_api_key_admin_never_shows_the_hash_and_revokes(admin_client_logged_in: 
 
 def test_anonymous_is_sent_to_login() -> None:
     response = Client().get("/admin/")
-    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]

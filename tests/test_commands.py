@@ -25,7 +25,9 @@ def test_create_api_key_prints_a_working_key_once(team) -> None:
     user = member_of(team)
     secret = run("create_api_key", user.username, "--name", "laptop").strip()
     key = ApiKey.objects.get(user=user)
-    assert key.name == "laptop" and key.team == team and secret.startswith(key.prefix)
+    assert key.name == "laptop"
+    assert key.team == team
+    assert secret.startswith(key.prefix)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert client.get("/api/v1/teams/").json()["results"][0]["slug"] == team.slug
@@ -55,7 +57,8 @@ def test_create_api_key_with_scopes_and_expiry(team) -> None:
     user = member_of(team)
     run("create_api_key", user.username, "--scopes", "read", "--expires-days", "7")
     key = ApiKey.objects.get(user=user)
-    assert key.scopes == ["read"] and key.expires_at is not None
+    assert key.scopes == ["read"]
+    assert key.expires_at is not None
 
 
 def test_bootstrap_creates_default_team_and_admin_once_printing_the_password_once() -> None:

@@ -5,7 +5,8 @@ from chatplatform.service_urls import celery_broker_url, parse_database_url, par
 
 def test_socket_directory_in_database_url_is_decoded() -> None:
     config = parse_database_url("postgres://postgres@%2Fvar%2Frun%2Fpg/chatplatform")
-    assert config["HOST"] == "/var/run/pg" and config["NAME"] == "chatplatform"
+    assert config["HOST"] == "/var/run/pg"
+    assert config["NAME"] == "chatplatform"
 
 
 def test_tcp_database_url() -> None:

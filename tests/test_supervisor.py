@@ -222,7 +222,8 @@ def test_malformed_configuration_is_one_line_and_non_zero(
     )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0]
+    assert len(lines) == 1
+    assert expected in lines[0]
 
 
 def test_unreachable_database_is_one_line_naming_the_variable(tmp_path: Path) -> None:
@@ -232,5 +233,6 @@ def test_unreachable_database_is_one_line_naming_the_variable(tmp_path: Path) ->
     )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("[supervisor] error: DATABASE_URL: cannot connect to PostgreSQL")
+    assert len(lines) == 1
+    assert lines[0].startswith("[supervisor] error: DATABASE_URL: cannot connect to PostgreSQL")
     assert not processes_under(tmp_path / "var")

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Container entrypoint for the chatplatform image.
+#
+#   web             migrate (retrying until the database is reachable), bootstrap, then uvicorn
+#   worker [args]   Celery worker for the ingest, llm and default queues
+#   beat [args]     Celery beat (run exactly one; the schedule lives on a volume)
+#   manage <args>   python manage.py <args>
+#   anything else   executed as given (e.g. bash)
+#
+# Each role ends in `exec`, so the server replaces this shell and receives SIGTERM directly
+# (uvicorn and Celery then shut down gracefully).
+set -euo pipefail
+
+cd /app
+
+# `migrate` is the readiness probe for the database: it fails while Postgres is still
+# starting, so retry it rather than needing a separate wait-for-it tool.
+migrate_with_retries() {
+  local max_tries=${MIGRATE_MAX_TRIES:-30}
+  local delay=${MIGRATE_RETRY_DELAY:-2}
+  local try
+  for ((try = 1; try <= max_tries; try++)); do
+    if python manage.py migrate --noinput; then
+      return 0
+    fi
+    if ((try == max_tries)); then
+      echo "entrypoint: giving up: migrate failed ${max_tries} times" >&2
+      return 1
+    fi
+    echo "entrypoint: migrate failed (attempt ${try}/${max_tries}); retrying in ${delay}s" >&2
+    sleep "${delay}"
+  done
+}
+
+role=${1:-web}
+if (($#)); then shift; fi
+
+case "${role}" in
+  web)
+    migrate_with_retries
+    # Creates the default team and admin user; safe to run on every start.
+    python manage.py bootstrap
+    # --proxy-headers trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (uvicorn reads it
+    # from the environment; default 127.0.0.1).
+    exec uvicorn chatplatform.asgi:application \
+      --host 0.0.0.0 \
+      --port "${PORT:-8000}" \
+      --workers "${WEB_CONCURRENCY:-2}" \
+      --proxy-headers \
+      "$@"
+    ;;
+  worker)
+    exec celery -A workers worker \
+      -Q "${WORKER_QUEUES:-ingest,llm,default}" \
+      --concurrency "${WORKER_CONCURRENCY:-2}" \
+      -l info \
+      "$@"
+    ;;
+  beat)
+    exec celery -A workers beat -l info --schedule /data/beat/celerybeat-schedule "$@"
+    ;;
+  manage)
+    exec python manage.py "$@"
+    ;;
+  *)
+    exec "${role}" "$@"
+    ;;
+esac
