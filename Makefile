@@ -27,8 +27,10 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# django-stubs imports the settings; placeholder URLs keep it from starting the embedded servers
+# (mypy exits without running atexit hooks, which would leave them running).
 typecheck: $(VENV)/.dev
-	$(VENV)/bin/mypy
+	DATABASE_URL=postgres://typecheck@localhost/typecheck REDIS_URL=redis://localhost:6379/0 $(VENV)/bin/mypy
 
 # Tests use their own var/ (CHATPLATFORM_VAR_DIR) so they never touch a running platform's data.
 test: $(VENV)/.dev lint typecheck

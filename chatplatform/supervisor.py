@@ -1,7 +1,7 @@
 """`make run`: the whole platform in the foreground, supervised.
 
 Order: check configuration → take the var/ lock → check the port → hold (or reach) PostgreSQL and
-Redis → migrate and bootstrap → start the children (web, worker, beat) → watch them. A child that
+Redis → bootstrap (migrate, default team, admin) → start the children (web, worker, beat) → watch them. A child that
 dies is restarted with backoff; one that keeps dying stops the whole stack loudly, so the platform
 never runs half up. SIGINT or SIGTERM stops every child's process group, then the embedded servers.
 
@@ -147,7 +147,8 @@ def child_specs(config: Config) -> list[ChildSpec]:
         ChildSpec(
             "worker",
             [python, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
-             "--concurrency", os.environ.get("WORKER_CONCURRENCY", "2"), "-n", "worker@%h", "-l", "info"],
+             "--concurrency", os.environ.get("WORKER_CONCURRENCY", "2"), "-n", "worker@%h", "-l", "info",
+             "--without-mingle", "--without-gossip"],
         ),
         ChildSpec(
             "beat",
@@ -252,7 +253,6 @@ def main() -> int:
             env = {**os.environ, **resolve_services(config, dict(os.environ))}
             env["CHATPLATFORM_VAR_DIR"] = str(config.var_dir)
             env.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
-            run_once([sys.executable, "manage.py", "migrate", "--noinput"], env)
             run_once([sys.executable, "manage.py", "bootstrap"], env)
             for spec in child_specs(config):
                 children.append(Child(spec, spawn(spec, env)))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Container entrypoint for the chatplatform image.
 #
-#   web             migrate (retrying until the database is reachable), bootstrap, then uvicorn
+#   web             bootstrap (migrate, default team, admin; retried until the database is
+#                   reachable), then uvicorn
 #   worker [args]   Celery worker for the ingest, llm and default queues
 #   beat [args]     Celery beat (run exactly one; the schedule lives on a volume)
 #   manage <args>   python manage.py <args>
@@ -13,21 +14,21 @@ set -euo pipefail
 
 cd /app
 
-# `migrate` is the readiness probe for the database: it fails while Postgres is still
-# starting, so retry it rather than needing a separate wait-for-it tool.
-migrate_with_retries() {
-  local max_tries=${MIGRATE_MAX_TRIES:-30}
-  local delay=${MIGRATE_RETRY_DELAY:-2}
+# `bootstrap` (which migrates first) is the readiness probe for the database: it fails while
+# Postgres is still starting, so retry it rather than needing a separate wait-for-it tool.
+bootstrap_with_retries() {
+  local max_tries=${BOOTSTRAP_MAX_TRIES:-30}
+  local delay=${BOOTSTRAP_RETRY_DELAY:-2}
   local try
   for ((try = 1; try <= max_tries; try++)); do
-    if python manage.py migrate --noinput; then
+    if python manage.py bootstrap; then
       return 0
     fi
     if ((try == max_tries)); then
-      echo "entrypoint: giving up: migrate failed ${max_tries} times" >&2
+      echo "entrypoint: giving up: bootstrap failed ${max_tries} times" >&2
       return 1
     fi
-    echo "entrypoint: migrate failed (attempt ${try}/${max_tries}); retrying in ${delay}s" >&2
+    echo "entrypoint: bootstrap failed (attempt ${try}/${max_tries}); retrying in ${delay}s" >&2
     sleep "${delay}"
   done
 }
@@ -37,9 +38,8 @@ if (($#)); then shift; fi
 
 case "${role}" in
   web)
-    migrate_with_retries
-    # Creates the default team and admin user; safe to run on every start.
-    python manage.py bootstrap
+    # Migrates and creates the default team and admin user; safe to run on every start.
+    bootstrap_with_retries
     # --proxy-headers trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (uvicorn reads it
     # from the environment; default 127.0.0.1).
     exec uvicorn chatplatform.asgi:application \

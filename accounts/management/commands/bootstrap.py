@@ -1,19 +1,24 @@
-"""`python manage.py bootstrap`: the default team and the admin user; run on every start."""
+"""`python manage.py bootstrap`: migrate, then the default team and the admin user; run on every start.
+
+One process for both saves a Django start-up (about 1.5 s) on every `make run`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from accounts.services import platform_bootstrap
 
 
 class Command(BaseCommand):
-    help = "Create the default team and the admin user if missing (prints a generated password once)."
+    help = "Migrate, then create the default team and the admin user if missing (prints a generated password once)."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1), stdout=self.stdout)
         result = platform_bootstrap(admin_password=settings.ADMIN_PASSWORD)
         if result.generated_password:
             self.stdout.write(
