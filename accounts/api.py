@@ -5,26 +5,59 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
 from rest_framework import mixins, serializers, viewsets
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
 
-from accounts.models import ApiKey, Team
+from accounts.models import ApiKey, Role, Team
 from accounts.permissions import ApiKeyScopePermission
-from accounts.selectors import team_scoped
+from accounts.selectors import team_ids_for, team_scoped, teams_for
 
 
 class TeamScopedViewSet(viewsets.GenericViewSet):
     """Every viewset over team-owned rows inherits this: its queryset is narrowed to the actor's
     teams before anything else sees it, so a view cannot forget to scope. Rows of other teams
-    are then simply not found (404), which also hides that they exist."""
+    are then simply not found (404), which also hides that they exist. Actions named in
+    `admin_actions` further need the team's admin or owner role (403 otherwise)."""
 
     team_field = "team"
+    admin_actions: frozenset[str] = frozenset()
     permission_classes = [IsAuthenticated, ApiKeyScopePermission]
+
+    @property
+    def api_key(self) -> ApiKey | None:
+        return self.request.auth if isinstance(self.request.auth, ApiKey) else None
 
     def get_queryset(self) -> QuerySet[Any]:
         queryset = super().get_queryset()
-        api_key = self.request.auth if isinstance(self.request.auth, ApiKey) else None
-        return team_scoped(queryset, user=self.request.user, api_key=api_key, team_field=self.team_field)
+        return team_scoped(queryset, user=self.request.user, api_key=self.api_key, team_field=self.team_field)
+
+    def check_object_permissions(self, request: Request, obj: Any) -> None:
+        super().check_object_permissions(request, obj)
+        if self.action in self.admin_actions:
+            team_id = obj.pk if self.team_field == "pk" else getattr(obj, f"{self.team_field}_id")
+            self.require_team_admin(team_id)
+
+    def require_team_admin(self, team_id: int) -> None:
+        admin_team_ids = team_ids_for(user=self.request.user, api_key=self.api_key, minimum_role=Role.ADMIN)
+        if not admin_team_ids.filter(team_id=team_id).exists():
+            raise PermissionDenied("Only the team's admins and owners may do this: ask one of them.")
+
+    def admin_team(self, team_id: int | None) -> Team:
+        """The team a new object goes into: the given one (or the API key's, or the caller's only
+        team), which the caller must administer."""
+        teams = teams_for(user=self.request.user, api_key=self.api_key)
+        if team_id is None:
+            candidates = list(teams[:2])
+            if len(candidates) != 1:
+                raise ValidationError({"team": "Say which team: you belong to several (or none)."})
+            team = candidates[0]
+        else:
+            team = get_object_or_404(teams, pk=team_id)
+        self.require_team_admin(team.pk)
+        return team
 
 
 class TeamOutputSerializer(serializers.ModelSerializer):

@@ -14,12 +14,13 @@ from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Role, Scope, Team, User
 from accounts.selectors import api_key_hash, api_key_is_stale
+from chatplatform.domain_errors import DomainError
 
 API_KEY_PREFIX = "cp_"
 API_KEY_VISIBLE_CHARS = 12
 
 
-class AccountsError(ValueError):
+class AccountsError(DomainError):
     """A request the accounts services refuse; the message says what to do instead."""
 
 

@@ -3,8 +3,11 @@
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TeamViewSet
+from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
 
 router = DefaultRouter()
 router.register("teams", TeamViewSet, basename="team")
+router.register("providers", ProviderViewSet, basename="provider")
+router.register("models", ModelRegistrationViewSet, basename="model")
 
 urlpatterns = router.urls

@@ -10,6 +10,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from chatplatform.domain_errors import DomainError
+
 
 def _message(detail: Any) -> str:
     """The first human-readable message inside a DRF error detail."""
@@ -24,6 +26,8 @@ def _message(detail: Any) -> str:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response({"error": {"code": exc.code, "message": str(exc), "details": {}}}, status=exc.status_code)
     # Django's own exceptions become their DRF twins, so they get a proper code as well.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -53,15 +53,23 @@ def check_workers() -> Component:
 
 
 def check_xinference() -> Component:
+    """The configured Xinference answers, and every model the platform keeps running on it runs."""
+    from models_registry.selectors import kept_running_uids
+
     endpoint = settings.XINFERENCE_ENDPOINT
     if not endpoint:
-        # The embedded Xinference is not part of the platform yet: nothing to be unhealthy.
         return {"status": "ok", "detail": "not configured (XINFERENCE_ENDPOINT is unset)"}
     headers = {"Authorization": f"Bearer {settings.XINFERENCE_API_KEY}"} if settings.XINFERENCE_API_KEY else {}
     response = httpx.get(f"{endpoint.rstrip('/')}/v1/models", headers=headers, timeout=CHECK_TIMEOUT_S)
     response.raise_for_status()
-    models = response.json().get("data", [])
-    return {"status": "ok", "endpoint": endpoint, "models": sorted(model["id"] for model in models)}
+    running = {model["id"] for model in response.json().get("data", [])}
+    expected = kept_running_uids(endpoint=endpoint)
+    models = {uid: "running" if uid in running else "not running" for uid in sorted(running | expected)}
+    missing = sorted(expected - running)
+    result: Component = {"status": "error" if missing else "ok", "endpoint": endpoint, "models": models}
+    if missing:
+        result["error"] = f"not running yet: {', '.join(missing)} (relaunched automatically; see the admin console)"
+    return result
 
 
 CHECKS: dict[str, Callable[[], Component]] = {

