@@ -1,6 +1,7 @@
-"""`make run` for real: the embedded stack comes up healthy, refuses a second start and a taken
-port, restarts a killed child, and Ctrl-C (SIGINT to the process group) or SIGTERM leaves no
-process behind: not the web, worker or beat, not PostgreSQL, not Redis."""
+"""`make run` for real: the embedded stack (PostgreSQL, Redis, web, worker, beat, Xinference with
+its two offline models) comes up healthy, refuses a second start and a taken port, restarts a
+killed child, heals a killed Xinference process group without a person, and Ctrl-C (SIGINT to
+the process group) or SIGTERM leaves no process behind."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import psutil
 import pytest
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 180
+START_TIMEOUT_S = 420  # a first start launches both models after Xinference is up
 
 
 def free_port() -> int:
@@ -31,8 +32,16 @@ def free_port() -> int:
 
 
 def platform_env(var_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({"CHATPLATFORM_VAR_DIR": str(var_dir), "PORT": str(port), "WORKER_CONCURRENCY": "1"}, **extra)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL", "XINFERENCE_ENDPOINT", "XINFERENCE_EMBEDDED_VENV")
+    }
+    env.update(
+        {"CHATPLATFORM_VAR_DIR": str(var_dir), "PORT": str(port), "XINFERENCE_PORT": str(free_port()),
+         "WORKER_CONCURRENCY": "2", "MODELS_RECONCILE_INTERVAL_S": "5"},
+        **extra,
+    )  # fmt: skip
     return env
 
 
@@ -125,7 +134,10 @@ def test_first_start_is_healthy_with_every_component(running_platform: RunningPl
     assert {name for name, component in body["components"].items() if component["status"] == "ok"} == {
         "database", "pgvector", "broker", "workers", "xinference",
     }  # fmt: skip
-    print(f"first make run healthy after {running_platform.startup_s:.1f}s")
+    assert body["components"]["xinference"]["models"] == {
+        "all-minilm-l6-v2": "running", "smollm2-135m-instruct": "running",
+    }  # fmt: skip
+    print(f"first make run healthy, both models running, after {running_platform.startup_s:.1f}s")
 
 
 def test_the_admin_can_log_in_with_the_printed_password(running_platform: RunningPlatform) -> None:
@@ -174,6 +186,24 @@ def test_a_killed_embedded_redis_is_started_again(running_platform: RunningPlatf
     time.sleep(3)
     wait_healthy(running_platform.port, timeout=90)
     assert server_pids(running_platform.var_dir)[1] != redis_pid
+
+
+def test_killing_the_xinference_process_group_is_healed_without_a_person(running_platform: RunningPlatform) -> None:
+    supervisor = next(
+        p for p in psutil.Process(running_platform.process.pid).children() if "supervisor" in " ".join(p.cmdline())
+    )
+    xinference = next(child for child in supervisor.children() if "xinference-local" in " ".join(child.cmdline()))
+    model_processes = xinference.children(recursive=True)
+    assert model_processes, "the models run in processes of their own under xinference-local"
+    killed = time.monotonic()
+    os.killpg(xinference.pid, signal.SIGKILL)
+    time.sleep(2)
+    assert healthz(running_platform.port)[0] == 503
+    body = wait_healthy(running_platform.port)
+    print(
+        f"Xinference process group killed; healthy again, both models running, after {time.monotonic() - killed:.1f}s"
+    )
+    assert set(body["components"]["xinference"]["models"].values()) == {"running"}
 
 
 def test_ctrl_c_stops_everything_and_leaves_no_process(running_platform: RunningPlatform) -> None:
