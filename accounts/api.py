@@ -19,11 +19,12 @@ from accounts.selectors import team_ids_for, team_scoped, teams_for
 class TeamScopedViewSet(viewsets.GenericViewSet):
     """Every viewset over team-owned rows inherits this: its queryset is narrowed to the actor's
     teams before anything else sees it, so a view cannot forget to scope. Rows of other teams
-    are then simply not found (404), which also hides that they exist. Actions named in
-    `admin_actions` further need the team's admin or owner role (403 otherwise)."""
+    are then simply not found (404), which also hides that they exist. `action_roles` names the
+    minimum role an action needs in the object's team (403 otherwise); unnamed actions need
+    membership only."""
 
     team_field = "team"
-    admin_actions: frozenset[str] = frozenset()
+    action_roles: dict[str, Role] = {}
     permission_classes = [IsAuthenticated, ApiKeyScopePermission]
 
     @property
@@ -36,18 +37,20 @@ class TeamScopedViewSet(viewsets.GenericViewSet):
 
     def check_object_permissions(self, request: Request, obj: Any) -> None:
         super().check_object_permissions(request, obj)
-        if self.action in self.admin_actions:
+        role = self.action_roles.get(self.action or "")
+        if role is not None:
             team_id = obj.pk if self.team_field == "pk" else getattr(obj, f"{self.team_field}_id")
-            self.require_team_admin(team_id)
+            self.require_role(team_id, role)
 
-    def require_team_admin(self, team_id: int) -> None:
-        admin_team_ids = team_ids_for(user=self.request.user, api_key=self.api_key, minimum_role=Role.ADMIN)
-        if not admin_team_ids.filter(team_id=team_id).exists():
-            raise PermissionDenied("Only the team's admins and owners may do this: ask one of them.")
+    def require_role(self, team_id: int, role: Role) -> None:
+        allowed_team_ids = team_ids_for(user=self.request.user, api_key=self.api_key, minimum_role=role)
+        if not allowed_team_ids.filter(team_id=team_id).exists():
+            needed = "admins and owners" if role in (Role.ADMIN, Role.OWNER) else "members"
+            raise PermissionDenied(f"Only the team's {needed} may do this: ask one of them.")
 
-    def admin_team(self, team_id: int | None) -> Team:
+    def target_team(self, team_id: int | None, role: Role) -> Team:
         """The team a new object goes into: the given one (or the API key's, or the caller's only
-        team), which the caller must administer."""
+        team), in which the caller must hold `role`."""
         teams = teams_for(user=self.request.user, api_key=self.api_key)
         if team_id is None:
             candidates = list(teams[:2])
@@ -56,7 +59,7 @@ class TeamScopedViewSet(viewsets.GenericViewSet):
             team = candidates[0]
         else:
             team = get_object_or_404(teams, pk=team_id)
-        self.require_team_admin(team.pk)
+        self.require_role(team.pk, role)
         return team
 
 

@@ -3,11 +3,14 @@
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TeamViewSet
+from kb.api import DocumentViewSet, KnowledgeBaseViewSet
 from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
 
 router = DefaultRouter()
 router.register("teams", TeamViewSet, basename="team")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", ModelRegistrationViewSet, basename="model")
+router.register("knowledge-bases", KnowledgeBaseViewSet, basename="knowledge-base")
+router.register("documents", DocumentViewSet, basename="document")
 
 urlpatterns = router.urls

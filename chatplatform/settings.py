@@ -134,6 +134,7 @@ CELERY_TASK_ROUTES = {
     "models_registry.*": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
+    "kb-dispatch": {"task": "kb.dispatch", "schedule": 10.0, "options": {"expires": 10.0}},
     "models-reconcile": {
         "task": "models_registry.reconcile",
         "schedule": MODELS_RECONCILE_INTERVAL_S,
@@ -198,6 +199,21 @@ WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+
+# --- knowledge bases -------------------------------------------------------------------------
+
+KB_MAX_UPLOAD_BYTES = env.int("KB_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
+KB_MAX_ARCHIVE_BYTES = env.int("KB_MAX_ARCHIVE_BYTES", default=500 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads spool to disk
+KB_EMBED_BATCH = env.int("KB_EMBED_BATCH", default=64)
+# How many documents are being ingested at once, across all teams; the dispatcher hands out
+# the next ones round-robin by team, so a team's 10,000 files never hold up another's one.
+KB_INGEST_MAX_IN_FLIGHT = env.int("KB_INGEST_MAX_IN_FLIGHT", default=2)
+# A worker renews a document's lease as it progresses; an expired lease means the worker died,
+# and the document is handed out again.
+KB_INGEST_LEASE_S = env.int("KB_INGEST_LEASE_S", default=120)
+KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=6)
 
 LOGGING = {
     "version": 1,

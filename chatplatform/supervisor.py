@@ -175,10 +175,17 @@ def child_specs(config: Config) -> list[ChildSpec]:
             [python, "-m", "uvicorn", "chatplatform.asgi:application", "--host", config.host,
              "--port", str(config.port), "--lifespan", "off"],
         ),
+        # Two workers, so ingestion never takes the slots chat needs (summaries, titles).
         ChildSpec(
             "worker",
-            [python, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
+            [python, "-m", "celery", "-A", "workers", "worker", "-Q", "llm,default",
              "--concurrency", os.environ.get("WORKER_CONCURRENCY", "2"), "-n", "worker@%h", "-l", "info",
+             "--without-mingle", "--without-gossip"],
+        ),
+        ChildSpec(
+            "worker-ingest",
+            [python, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest",
+             "--concurrency", os.environ.get("INGEST_CONCURRENCY", "2"), "-n", "ingest@%h", "-l", "info",
              "--without-mingle", "--without-gossip"],
         ),
         ChildSpec(

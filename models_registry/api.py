@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import TeamScopedViewSet
+from accounts.models import Role
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
 from models_registry.selectors import team_providers
@@ -25,7 +26,9 @@ from models_registry.services import (
     registration_test,
 )
 
-LIFECYCLE_ACTIONS = frozenset({"create", "update", "partial_update", "destroy", "launch", "terminate", "test"})
+ADMIN_ONLY = {
+    action: Role.ADMIN for action in ("create", "update", "partial_update", "destroy", "launch", "terminate", "test")
+}
 
 
 class ProviderSerializer(serializers.ModelSerializer):
@@ -58,13 +61,13 @@ class ProviderViewSet(
 
     queryset = Provider.objects.select_related("team")
     serializer_class = ProviderSerializer
-    admin_actions = LIFECYCLE_ACTIONS
+    action_roles = ADMIN_ONLY
     filterset_fields = ["kind", "team"]
 
     def perform_create(self, serializer: serializers.BaseSerializer[Provider]) -> None:
         data = serializer.validated_data
         serializer.instance = provider_create(
-            team=self.admin_team(data.get("team_id")),
+            team=self.target_team(data.get("team_id"), Role.ADMIN),
             name=data["name"],
             kind=data["kind"],
             endpoint=data["endpoint"],
@@ -148,13 +151,13 @@ class ModelRegistrationViewSet(
 
     queryset = ModelRegistration.objects.select_related("provider", "team")
     serializer_class = ModelRegistrationSerializer
-    admin_actions = LIFECYCLE_ACTIONS
+    action_roles = ADMIN_ONLY
     filterset_fields = ["kind", "status", "provider", "team"]
 
     def perform_create(self, serializer: serializers.BaseSerializer[ModelRegistration]) -> None:
         data = serializer.validated_data
         provider: Provider = data["provider"]
-        self.require_team_admin(provider.team_id)
+        self.require_role(provider.team_id, Role.ADMIN)
         serializer.instance = registration_create(
             provider=provider,
             kind=data["kind"],

@@ -4,6 +4,7 @@ set), real Redis, and a real Celery worker process against the test database."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,33 +43,66 @@ def wait_for_worker(timeout: float) -> None:
     raise RuntimeError("the test Celery worker did not answer a ping in time; see its output above")
 
 
+class WorkerProcess:
+    """A real `celery worker` process on every queue, using the test database."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.node_name = f"test-worker-{os.getpid()}@localhost"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
+             "--concurrency", "2", "-n", self.node_name, "-l", "warning", "--without-mingle", "--without-gossip"],
+            cwd=BASE_DIR, env=self.env, start_new_session=True,
+        )  # fmt: skip
+        wait_for_worker(timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as an OOM killer or a crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+WORKER_LEASE_S = 15  # short, so the dead-worker test need not wait two minutes
+
+
 @pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[str]:
-    """A real `celery worker` process on every queue, using the test database; yields its node name."""
+def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     env = {
         **os.environ,
         "DATABASE_URL": database_url_of(connection.settings_dict),
         "REDIS_URL": settings.REDIS_URL,
         "CHATPLATFORM_VAR_DIR": str(settings.VAR_DIR),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "KB_INGEST_LEASE_S": str(WORKER_LEASE_S),
     }
-    node_name = f"test-worker-{os.getpid()}@localhost"
     # Drop messages a previous, interrupted run may have left so this run starts clean.
     celery_app.control.purge()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
-         "--concurrency", "2", "-n", node_name, "-l", "warning"],
-        cwd=BASE_DIR, env=env, start_new_session=True,
-    )  # fmt: skip
+    worker = WorkerProcess(env)
     try:
-        wait_for_worker(timeout=60)
-        yield node_name
+        worker.start()
+        yield worker
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(celery_worker: WorkerProcess) -> str:
+    """The worker's node name, for tests that only need one running."""
+    return celery_worker.node_name
 
 
 @pytest.fixture

@@ -1,0 +1,276 @@
+"""/api/v1/knowledge-bases/ (with documents/, search/, rebuild/) and /api/v1/documents/.
+
+Viewers read and search; members upload, delete and re-index documents; admins create, change,
+rebuild and delete knowledge bases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.api import TeamScopedViewSet
+from accounts.models import Role
+from chatplatform.pagination import IdCursorPagination
+from kb.models import Document, KnowledgeBase, Splitter
+from kb.retrieval import MODES, SearchRequest, kb_search
+from kb.services import (
+    document_delete,
+    document_reindex,
+    documents_add,
+    kb_create,
+    kb_delete,
+    kb_rebuild,
+    kb_update,
+)
+from kb.uploads import receive, workdir
+from models_registry.models import ModelKind, ModelRegistration
+from models_registry.selectors import team_default_model
+
+
+class KnowledgeBaseSerializer(serializers.ModelSerializer):
+    team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
+    embedding_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelRegistration.objects.filter(kind=ModelKind.EMBEDDING),
+        required=False,
+        help_text="Defaults to the team's default embedding model.",
+    )
+    document_count = serializers.SerializerMethodField()
+    rebuilding = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = KnowledgeBase
+        fields = [
+            "id", "team", "name", "description", "embedding_model", "splitter", "chunk_size", "chunk_overlap",
+            "generation", "rebuilding", "document_count", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["generation", "created_at", "updated_at"]
+
+    def get_document_count(self, kb: KnowledgeBase) -> int:
+        return kb.documents.count()
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Document
+        fields = [
+            "id", "knowledge_base", "original_name", "sha256", "size_bytes", "content_type", "status", "progress",
+            "stage_timings", "error", "chunk_count", "attempts", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class SearchInputSerializer(serializers.Serializer):
+    query = serializers.CharField(max_length=2000)
+    top_k = serializers.IntegerField(min_value=1, max_value=100, default=5)
+    mode = serializers.ChoiceField(choices=MODES, default="hybrid")
+    score_threshold = serializers.FloatField(required=False, allow_null=True, default=None)
+    document_ids = serializers.ListField(child=serializers.IntegerField(), required=False, allow_empty=True)
+    mmr = serializers.BooleanField(default=False)
+    mmr_lambda = serializers.FloatField(min_value=0, max_value=1, default=0.5)
+    rerank_model = serializers.IntegerField(required=False, allow_null=True, help_text="A rerank registration id.")
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "keys"):
+            unknown = set(data.keys()) - set(self.fields)
+            if unknown:
+                raise ValidationError({"detail": f"unknown fields: {', '.join(sorted(unknown))}"})
+        return super().to_internal_value(data)
+
+
+class HitSerializer(serializers.Serializer):
+    chunk_id = serializers.IntegerField()
+    document_id = serializers.IntegerField()
+    document_name = serializers.CharField()
+    text = serializers.CharField()
+    score = serializers.FloatField()
+    metadata = serializers.DictField()
+
+
+class UploadResultSerializer(serializers.Serializer):
+    documents = DocumentSerializer(many=True)
+    duplicates = DocumentSerializer(many=True)
+    rejected = serializers.ListField(child=serializers.DictField())
+
+
+ADMIN_ACTIONS = {action: Role.ADMIN for action in ("update", "partial_update", "destroy", "rebuild")}
+
+
+class KnowledgeBaseViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    TeamScopedViewSet,
+):
+    queryset = KnowledgeBase.objects.select_related("embedding_model__provider")
+    serializer_class = KnowledgeBaseSerializer
+    action_roles = {**ADMIN_ACTIONS}
+    filterset_fields = ["team"]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def perform_create(self, serializer: serializers.BaseSerializer[KnowledgeBase]) -> None:
+        data = serializer.validated_data
+        team = self.target_team(data.get("team_id"), Role.ADMIN)
+        model = data.get("embedding_model") or team_default_model(team=team, kind=ModelKind.EMBEDDING)
+        if model is None:
+            raise ValidationError({"embedding_model": "The team has no default embedding model: name one."})
+        serializer.instance = kb_create(
+            team=team,
+            name=data["name"],
+            description=data.get("description", ""),
+            embedding_model=model,
+            splitter=data.get("splitter", Splitter.RECURSIVE),
+            chunk_size=data.get("chunk_size", 800),
+            chunk_overlap=data.get("chunk_overlap", 100),
+        )
+
+    def perform_update(self, serializer: serializers.BaseSerializer[KnowledgeBase]) -> None:
+        changes = dict(serializer.validated_data)
+        kb = serializer.instance
+        assert kb is not None
+        if changes.pop("team_id", kb.team_id) != kb.team_id:
+            raise ValidationError({"team": "A knowledge base cannot move to another team."})
+        serializer.instance = kb_update(kb=kb, **changes)
+
+    def perform_destroy(self, instance: KnowledgeBase) -> None:
+        kb_delete(kb=instance)
+
+    @extend_schema(
+        methods=["GET"], responses=DocumentSerializer(many=True), description="The knowledge base's documents."
+    )
+    @extend_schema(
+        methods=["POST"],
+        request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "array", "items": {
+            "type": "string", "format": "binary"}}}}},
+        responses={201: UploadResultSerializer},
+        description="Upload one or more files (field `file`, repeated); ZIP archives are expanded.",
+    )  # fmt: skip
+    @action(detail=True, methods=["get", "post"], parser_classes=[MultiPartParser, FormParser])
+    def documents(self, request: Request, pk: str | None = None) -> Response:
+        kb = self.get_object()
+        if request.method == "GET":
+            documents = Document.objects.filter(knowledge_base=kb)
+            page = IdCursorPagination().paginate_queryset(documents, request, view=self)
+            return IdCursorPagination().get_paginated_response(DocumentSerializer(page, many=True).data)
+        self.require_role(kb.team_id, Role.MEMBER)
+        uploads = request.FILES.getlist("file")
+        if not uploads:
+            raise ValidationError({"file": "Attach one or more files in the multipart field `file`."})
+        with workdir() as scratch:
+            accepted, rejected = [], []
+            for upload in uploads:
+                files, refusals = receive(upload, upload.name or "unnamed", scratch)
+                accepted.extend(files)
+                rejected.extend(refusals)
+            result = documents_add(kb=kb, files=accepted, rejected=rejected)
+        body = {
+            "documents": DocumentSerializer(result.created, many=True).data,
+            "duplicates": DocumentSerializer(result.duplicates, many=True).data,
+            "rejected": [{"name": item.name, "reason": item.reason} for item in result.rejected],
+        }
+        if not result.created and not result.duplicates:
+            reasons = "; ".join(f"{item.name}: {item.reason}" for item in result.rejected)
+            return Response(
+                {"error": {"code": "upload_rejected", "message": f"No file was accepted. {reasons}", "details": body}},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=SearchInputSerializer, responses=inline_serializer(
+        "SearchResults", {"results": HitSerializer(many=True)}))  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def search(self, request: Request, pk: str | None = None) -> Response:
+        """Hit testing: the chunks and scores a query retrieves, in the mode asked for."""
+        kb = self.get_object()
+        data = _validated(SearchInputSerializer, request.data)
+        rerank_model = None
+        if data.get("rerank_model") is not None:
+            rerank_model = (
+                ModelRegistration.objects.filter(pk=data["rerank_model"], team_id=kb.team_id, kind=ModelKind.RERANK)
+                .select_related("provider")
+                .first()
+            )
+            if rerank_model is None:
+                raise ValidationError({"rerank_model": "No rerank model with this id in the team."})
+        hits = kb_search(
+            knowledge_bases=[kb],
+            request=SearchRequest(
+                query=data["query"],
+                top_k=data["top_k"],
+                mode=data["mode"],
+                score_threshold=data.get("score_threshold"),
+                document_ids=data.get("document_ids") or None,
+                mmr=data["mmr"],
+                mmr_lambda=data["mmr_lambda"],
+                rerank_model=rerank_model,
+            ),
+        )
+        return Response({"results": HitSerializer(hits, many=True).data})
+
+    @extend_schema(
+        request=inline_serializer("RebuildInput", {
+            "embedding_model": serializers.IntegerField(required=False),
+            "splitter": serializers.ChoiceField(choices=Splitter.choices, required=False),
+            "chunk_size": serializers.IntegerField(required=False),
+            "chunk_overlap": serializers.IntegerField(required=False)}),
+        responses=KnowledgeBaseSerializer,
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def rebuild(self, request: Request, pk: str | None = None) -> Response:
+        """Re-chunk and re-embed every document beside the live index, then swap (no downtime)."""
+        kb = self.get_object()
+        data = request.data if isinstance(request.data, dict) else {}
+        model = None
+        if data.get("embedding_model") is not None:
+            model = ModelRegistration.objects.filter(pk=data["embedding_model"], team_id=kb.team_id).first()
+            if model is None:
+                raise ValidationError({"embedding_model": "No such model in the team."})
+        kb = kb_rebuild(
+            kb=kb,
+            embedding_model=model,
+            splitter=data.get("splitter"),
+            chunk_size=_optional_int(data, "chunk_size"),
+            chunk_overlap=_optional_int(data, "chunk_overlap"),
+        )
+        return Response(self.get_serializer(kb).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _optional_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError({key: "Must be a whole number."})
+    return value
+
+
+class DocumentViewSet(mixins.RetrieveModelMixin, mixins.DestroyModelMixin, mixins.ListModelMixin, TeamScopedViewSet):
+    """A document's status (queued, parsing, embedding, ready, failed), progress 0-100 and error."""
+
+    queryset = Document.objects.all()
+    serializer_class = DocumentSerializer
+    action_roles = {"destroy": Role.MEMBER, "reindex": Role.MEMBER}
+    filterset_fields = ["knowledge_base", "status"]
+
+    def perform_destroy(self, instance: Document) -> None:
+        document_delete(document=instance)
+
+    @extend_schema(request=None, responses=DocumentSerializer)
+    @action(detail=True, methods=["post"])
+    def reindex(self, request: Request, pk: str | None = None) -> Response:
+        document = document_reindex(document=self.get_object())
+        return Response(self.get_serializer(document).data, status=status.HTTP_202_ACCEPTED)

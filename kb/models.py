@@ -1,0 +1,123 @@
+"""Knowledge bases, their documents and the chunks that search reads."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVectorField
+from django.db import models
+from pgvector.django import VectorField
+
+from accounts.models import Team
+from models_registry.models import ModelRegistration
+
+
+class Splitter(models.TextChoices):
+    RECURSIVE = "recursive", "Recursive characters (knows Chinese punctuation)"
+    TOKENS = "tokens", "Token count (the embedding model's tokenizer)"
+    HEADINGS = "headings", "Heading-aware (Markdown and HTML), then recursive"
+
+
+class KnowledgeBase(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="knowledge_bases")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    embedding_model = models.ForeignKey(ModelRegistration, on_delete=models.PROTECT, related_name="knowledge_bases")
+    splitter = models.CharField(max_length=10, choices=Splitter.choices, default=Splitter.TOKENS)
+    chunk_size = models.PositiveIntegerField(default=220, help_text="Characters, or tokens for the token splitter.")
+    chunk_overlap = models.PositiveIntegerField(default=30)
+    # Search reads chunks of `generation`. A rebuild (new chunking or embedding model) writes
+    # `generation + 1` beside it and swaps when every document is built: no downtime.
+    generation = models.PositiveIntegerField(default=1)
+    rebuild_settings = models.JSONField(
+        null=True, blank=True, help_text="While a rebuild runs: the settings it builds with."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="kb_unique_team_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.rebuild_settings is not None
+
+
+class DocumentStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    PARSING = "parsing", "Parsing"
+    EMBEDDING = "embedding", "Embedding"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_STATUSES = (DocumentStatus.QUEUED, DocumentStatus.PARSING, DocumentStatus.EMBEDDING)
+
+
+class Document(models.Model):
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="documents")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="documents")
+    original_name = models.CharField(max_length=255)
+    file = models.FileField(upload_to="documents/%Y/%m/", max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    content_type = models.CharField(max_length=100, help_text="Detected from the content, not the name.")
+    status = models.CharField(max_length=10, choices=DocumentStatus.choices, default=DocumentStatus.QUEUED)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="0-100")
+    stage_timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage of the last run.")
+    error = models.TextField(blank=True, default="")
+    chunk_count = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # Which generation of the knowledge base this document's chunks were last built for.
+    built_generation = models.PositiveIntegerField(default=0)
+    # Fair dispatch: set when handed to a worker; a worker alive on it keeps pushing the lease.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatch_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "sha256"], name="document_unique_kb_sha256"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "dispatched_at"], name="document_dispatch_idx"),
+            models.Index(fields=["knowledge_base", "-id"], name="document_kb_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+
+class Chunk(models.Model):
+    """One passage. `embedding` has no fixed dimension so knowledge bases with different embedding
+    models share the table; `dims` names it, and a partial expression HNSW index per dimension
+    (`(embedding::vector(N)) WHERE dims = N`, kb.vector_indexes) makes every size searchable."""
+
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="chunks")
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    generation = models.PositiveIntegerField()
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    dims = models.PositiveSmallIntegerField()
+    embedding = VectorField()
+    search_vector = SearchVectorField()
+
+    class Meta:
+        ordering = ["document_id", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "generation", "ordinal"], name="chunk_unique_position"),
+        ]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
+            models.Index(fields=["knowledge_base", "generation"], name="chunk_kb_generation_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.ordinal}"

@@ -1,0 +1,203 @@
+"""The one retrieval service (search API, chat, OpenAI-compatible API): vector, full-text and
+hybrid (reciprocal rank fusion) search over one or more knowledge bases, with top_k, a score
+threshold, document filters, MMR and an optional rerank."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.db import connection, transaction
+
+from chatplatform.domain_errors import DomainError
+from kb import fulltext
+from kb.models import KnowledgeBase
+from kb.vector_indexes import embedding_expression, vector_type
+from models_registry.langchain_models import embeddings_for, reranker_for
+from models_registry.models import ModelRegistration
+
+RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al.)
+MODES = ("hybrid", "vector", "fulltext")
+
+
+class SearchError(DomainError):
+    code = "invalid_search"
+
+
+@dataclass
+class Hit:
+    chunk_id: int
+    document_id: int
+    document_name: str
+    knowledge_base_id: int
+    text: str
+    metadata: dict[str, Any]
+    score: float
+    embedding: Any = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str
+    top_k: int = 5
+    mode: str = "hybrid"
+    score_threshold: float | None = None
+    document_ids: Sequence[int] | None = None
+    mmr: bool = False
+    mmr_lambda: float = 0.5
+    rerank_model: ModelRegistration | None = None
+
+
+def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> list[Hit]:
+    if request.mode not in MODES:
+        raise SearchError(f"unknown mode {request.mode!r}: choose from {', '.join(MODES)}")
+    if not request.query.strip():
+        raise SearchError("the query is empty: type what to look for")
+    if not 1 <= request.top_k <= 100:
+        raise SearchError("top_k must be between 1 and 100")
+    if not knowledge_bases:
+        return []
+    # MMR and rerank choose among more candidates than they return.
+    pool = request.top_k * 4 if (request.mmr or request.rerank_model) else request.top_k
+    vector_hits: list[Hit] = []
+    if request.mode in ("vector", "hybrid") or request.mmr:
+        vector_hits = _vector_search(knowledge_bases, request, pool)
+    fulltext_hits: list[Hit] = []
+    if request.mode in ("fulltext", "hybrid"):
+        fulltext_hits = _fulltext_search(knowledge_bases, request, pool)
+    if request.mode == "vector":
+        hits = vector_hits
+    elif request.mode == "fulltext":
+        hits = fulltext_hits
+    else:
+        hits = reciprocal_rank_fusion([vector_hits, fulltext_hits])[:pool]
+    if request.mmr:
+        hits = _mmr(hits, knowledge_bases, request)
+    if request.rerank_model is not None and hits:
+        hits = _rerank(hits, request)
+    if request.score_threshold is not None:
+        hits = [hit for hit in hits if hit.score >= request.score_threshold]
+    return hits[: request.top_k]
+
+
+def _filters(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> tuple[str, list[Any]]:
+    clauses = ["(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"]
+    params: list[Any] = [[kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]]
+    if request.document_ids:
+        clauses.append("c.document_id = ANY(%s)")
+        params.append(list(request.document_ids))
+    return " AND ".join(clauses), params
+
+
+SELECT_HIT = (
+    "SELECT c.id, c.document_id, d.original_name, c.knowledge_base_id, c.text, c.metadata, {score} AS score, "
+    "{embedding} FROM kb_chunk c JOIN kb_document d ON d.id = c.document_id{extra_from}"
+)
+
+
+def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
+    """Per embedding model (knowledge bases may differ), an HNSW search on its dimension's index.
+    Iterative scans (pgvector 0.8) keep filtered queries returning `limit` rows."""
+    by_model: dict[int, list[KnowledgeBase]] = {}
+    for kb in knowledge_bases:
+        by_model.setdefault(kb.embedding_model_id, []).append(kb)
+    lists = []
+    for group in by_model.values():
+        model = group[0].embedding_model
+        dims = int(model.dimensions or 0)
+        query_vector = json.dumps(embeddings_for(model).embed_query(request.query))
+        expression = embedding_expression(dims, column="c.embedding")
+        distance = f"{expression} <=> %s::{vector_type(dims)}"
+        where, params = _filters(group, request)
+        sql = (
+            SELECT_HIT.format(score=f"1 - ({distance})", embedding="c.embedding", extra_from="")
+            + f" WHERE c.dims = {dims} AND {where} ORDER BY {distance} LIMIT %s"
+        )
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(40, limit * 2)])
+            cursor.execute(sql, [query_vector, *params, query_vector, limit])
+            rows = cursor.fetchall()
+        hits = [_hit(row) for row in rows]
+        # relaxed_order may return rows slightly out of order: restore it.
+        lists.append(sorted(hits, key=lambda hit: hit.score, reverse=True))
+    return merge_by_score(lists)
+
+
+def _fulltext_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
+    tsquery = fulltext.query_text(request.query)
+    if not tsquery:
+        return []
+    where, params = _filters(knowledge_bases, request)
+    sql = (
+        SELECT_HIT.format(
+            score="ts_rank_cd(c.search_vector, q, 32)", embedding="NULL", extra_from=", to_tsquery('simple', %s) AS q"
+        )
+        + f" WHERE c.search_vector @@ q AND {where} ORDER BY score DESC, c.id LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [tsquery, *params, limit])
+        return [_hit(row) for row in cursor.fetchall()]
+
+
+def _hit(row: Sequence[Any]) -> Hit:
+    chunk_id, document_id, name, kb_id, text, metadata, score, embedding = row
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata)
+    if isinstance(embedding, str):  # pgvector's text form, '[0.1,0.2,...]'
+        embedding = json.loads(embedding)
+    return Hit(chunk_id, document_id, name, kb_id, text, metadata or {}, float(score), embedding)
+
+
+def merge_by_score(lists: list[list[Hit]]) -> list[Hit]:
+    return sorted((hit for hits in lists for hit in hits), key=lambda hit: hit.score, reverse=True)
+
+
+def reciprocal_rank_fusion(lists: list[list[Hit]]) -> list[Hit]:
+    """score = Σ 1 / (RRF_K + rank) over the lists a chunk appears in."""
+    fused: dict[int, Hit] = {}
+    scores: dict[int, float] = {}
+    for hits in lists:
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            if hit.chunk_id not in fused or fused[hit.chunk_id].embedding is None:
+                fused[hit.chunk_id] = hit
+    for chunk_id, hit in fused.items():
+        hit.score = round(scores[chunk_id], 6)
+    return sorted(fused.values(), key=lambda hit: hit.score, reverse=True)
+
+
+def _mmr(hits: list[Hit], knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> list[Hit]:
+    """Maximal marginal relevance: each pick trades relevance to the query against similarity to
+    what was picked already (lambda 1 = relevance only). Needs the chunks' embeddings."""
+    candidates = [hit for hit in hits if hit.embedding is not None]
+    if len({kb.embedding_model_id for kb in knowledge_bases}) > 1 or len(candidates) <= 1:
+        return hits
+    model = knowledge_bases[0].embedding_model
+    query = np.asarray(embeddings_for(model).embed_query(request.query), dtype=np.float32)
+    matrix = np.asarray([np.asarray(hit.embedding, dtype=np.float32) for hit in candidates])
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True) + 1e-12
+    query /= np.linalg.norm(query) + 1e-12
+    relevance = matrix @ query
+    chosen: list[int] = []
+    remaining = list(range(len(candidates)))
+    while remaining and len(chosen) < request.top_k:
+        redundancy = (matrix[remaining] @ matrix[chosen].T).max(axis=1) if chosen else np.zeros(len(remaining))
+        scores = request.mmr_lambda * relevance[remaining] - (1 - request.mmr_lambda) * redundancy
+        best = remaining[int(np.argmax(scores))]
+        chosen.append(best)
+        remaining.remove(best)
+    return [candidates[index] for index in chosen]
+
+
+def _rerank(hits: list[Hit], request: SearchRequest) -> list[Hit]:
+    assert request.rerank_model is not None
+    ranked = reranker_for(request.rerank_model).rerank(request.query, [hit.text for hit in hits])
+    reordered = []
+    for index, score in ranked:
+        hits[index].score = score
+        reordered.append(hits[index])
+    return reordered

@@ -1,0 +1,23 @@
+"""Thin Celery entry points for ingestion, on the `ingest` queue (kb.* is routed there)."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from kb.services import document_process, documents_dispatch
+
+
+@shared_task(name="kb.dispatch", ignore_result=True)
+def dispatch() -> None:
+    """Hand the next documents to workers, fairly between teams (beat also runs this)."""
+    for document_id, token in documents_dispatch():
+        ingest.delay(document_id, token)
+
+
+@shared_task(name="kb.ingest", ignore_result=True)
+def ingest(document_id: int, token: str) -> None:
+    try:
+        document_process(document_id=document_id, token=token)
+    finally:
+        # A slot is free (or a retry is scheduled): let the next document in line go.
+        dispatch.delay()

@@ -1,0 +1,323 @@
+"""Knowledge bases end to end: the API, the real Celery worker and the real embedding model
+(all-MiniLM-L6-v2 on Xinference). Upload, progress to ready, search in every mode, bad input
+file by file, a worker SIGKILLed mid-document, dedupe, rebuild, fairness, cross-team access."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from accounts.models import Role
+from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
+from kb.services import documents_dispatch, kb_create
+from kb.tasks import dispatch
+from models_registry import embedded_xinference
+from models_registry.models import ModelRegistration
+from models_registry.services import provider_create, registration_create, registration_launch
+from tests.conftest import WorkerProcess, bearer_client, member_of
+from tests.documents import FACT_EN, FACT_ZH, pdf_bytes, samples, zip_bytes
+from tests.xinference_server import XinferenceServer, free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+INGEST_TIMEOUT_S = 180
+
+
+def embedding_model(team, endpoint: str, *, launch: bool = True) -> ModelRegistration:
+    provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
+    registration = registration_create(
+        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        launch_spec=embedded_xinference.embedding_launch(),
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()), dimensions=384,
+    )  # fmt: skip
+    return registration_launch(registration=registration) if launch else registration
+
+
+@pytest.fixture
+def setup(team, xinference: XinferenceServer, celery_worker: WorkerProcess):
+    model = embedding_model(team, xinference.endpoint)
+    admin = member_of(team, Role.ADMIN)
+    client = bearer_client(admin, team)
+    created = client.post("/api/v1/knowledge-bases/", {"name": "Handbook", "embedding_model": model.pk}, format="json")
+    assert created.status_code == 201, created.json()
+    return client, KnowledgeBase.objects.get(pk=created.json()["id"]), model
+
+
+def upload(client: APIClient, kb: KnowledgeBase, files: dict[str, bytes]):
+    handles = []
+    for name, data in files.items():
+        handle = io.BytesIO(data)
+        handle.name = name
+        handles.append(handle)
+    return client.post(f"/api/v1/knowledge-bases/{kb.pk}/documents/", {"file": handles}, format="multipart")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = INGEST_TIMEOUT_S, poke: bool = False) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if poke:
+            dispatch.delay()  # what beat does every few seconds
+        time.sleep(1)
+    raise AssertionError("condition not met in time")
+
+
+def all_settled(document_ids: list[int]) -> bool:
+    return not Document.objects.filter(pk__in=document_ids, status__in=["queued", "parsing", "embedding"]).exists()
+
+
+def search(client: APIClient, kb: KnowledgeBase, query: str, **options: object) -> list[dict]:
+    response = client.post(f"/api/v1/knowledge-bases/{kb.pk}/search/", {"query": query, **options}, format="json")
+    assert response.status_code == 200, response.json()
+    return response.json()["results"]
+
+
+def test_every_format_is_ingested_and_found(setup) -> None:
+    client, kb, _model = setup
+    response = upload(client, kb, samples())
+    assert response.status_code == 201, response.json()
+    ids = [document["id"] for document in response.json()["documents"]]
+    assert len(ids) == len(samples())
+    wait_until(lambda: all_settled(ids))
+    documents = Document.objects.filter(pk__in=ids)
+    failed = {document.original_name: document.error for document in documents if document.status != "ready"}
+    assert failed == {}
+    for document in documents:
+        assert document.progress == 100
+        assert document.chunk_count == Chunk.objects.filter(document=document).count() > 0
+        assert {"parse_s", "split_s", "embed_s", "store_s"} <= set(document.stage_timings)
+    detail = client.get(f"/api/v1/documents/{ids[0]}/").json()
+    assert (detail["status"], detail["progress"]) == ("ready", 100)
+
+    for mode in ("vector", "fulltext", "hybrid"):
+        results = search(client, kb, "How many cats does the lighthouse keeper feed at dawn?", mode=mode, top_k=5)
+        assert results, mode
+        assert "seventeen cats" in results[0]["text"] or "17" in results[0]["text"], (mode, results[0])
+        assert set(results[0]) == {"chunk_id", "document_id", "document_name", "text", "score", "metadata"}
+    chinese = search(client, kb, "啤酒节在哪里举行", mode="fulltext", top_k=3)
+    assert chinese[0]["document_name"] == "中文.txt"
+    assert FACT_ZH in chinese[0]["text"]
+    pdf_hit = search(client, kb, FACT_EN, mode="vector", top_k=20, document_ids=[
+        document.pk for document in documents if document.original_name == "report.pdf"])  # fmt: skip
+    assert {hit["document_name"] for hit in pdf_hit} == {"report.pdf"}
+    assert pdf_hit[0]["metadata"]["page"] == 2
+    diverse = search(client, kb, FACT_EN, mode="vector", top_k=4, mmr=True, mmr_lambda=0.3)
+    assert len({hit["chunk_id"] for hit in diverse}) == 4
+    high = search(client, kb, FACT_EN, mode="vector", top_k=10, score_threshold=0.99)
+    assert all(hit["score"] >= 0.99 for hit in high)
+
+
+def test_a_reupload_is_a_duplicate_that_adds_nothing(setup) -> None:
+    client, kb, _model = setup
+    first = upload(client, kb, {"notes.txt": samples()["notes.txt"]}).json()["documents"][0]
+    wait_until(lambda: all_settled([first["id"]]))
+    chunks_before = Chunk.objects.count()
+    again = upload(client, kb, {"renamed.txt": samples()["notes.txt"]})
+    assert again.status_code == 201
+    assert again.json()["documents"] == []
+    assert [document["id"] for document in again.json()["duplicates"]] == [first["id"]]
+    assert Document.objects.filter(knowledge_base=kb).count() == 1
+    assert Chunk.objects.count() == chunks_before
+    assert Document.objects.get(pk=first["id"]).attempts == 1  # no second ingestion, no embedding call
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("empty.txt", b"", "is empty"),
+        ("binary.txt", bytes(range(256)) * 8, "binary data"),
+        ("photo.pdf", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, "PNG image"),
+        ("huge.txt", b"a" * 5000, "larger than the limit"),
+    ],
+)
+def test_bad_files_are_refused_at_upload(setup, name: str, data: bytes, reason: str) -> None:
+    client, kb, _model = setup
+    with override_settings(KB_MAX_UPLOAD_BYTES=4096):
+        response = upload(client, kb, {name: data})
+    assert response.status_code == 400
+    assert reason in response.json()["error"]["message"]
+    assert not Document.objects.exists()
+
+
+def test_archives_are_expanded_with_guards(setup) -> None:
+    client, kb, _model = setup
+    archive = zip_bytes({
+        "docs/guide.md": samples()["guide.md"],
+        "../../escape/notes.txt": samples()["notes.txt"],
+        "inner.zip": zip_bytes({"a.txt": b"nested"}),
+        "bomb.txt": b"0" * 2_000_000,
+        "picture.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
+    })  # fmt: skip
+    response = upload(client, kb, {"bundle.zip": archive})
+    assert response.status_code == 201, response.json()
+    assert sorted(document["original_name"] for document in response.json()["documents"]) == ["guide.md", "notes.txt"]
+    reasons = {item["name"]: item["reason"] for item in response.json()["rejected"]}
+    assert "archive inside an archive" in reasons["bundle.zip/inner.zip"]
+    assert "zip bombs" in reasons["bundle.zip/bomb.txt"]
+    assert "PNG image" in reasons["bundle.zip/picture.png"]
+    stored = Document.objects.get(original_name="notes.txt").file.path
+    assert "escape" not in stored
+    assert Path(stored).resolve().is_relative_to(Path(kb.documents.first().file.storage.location).resolve())
+
+
+def test_broken_documents_fail_with_a_reason_and_the_worker_goes_on(setup) -> None:
+    client, kb, _model = setup
+    response = upload(client, kb, {
+        "corrupt.pdf": b"%PDF-1.7\n" + b"garbage " * 300,
+        "locked.pdf": pdf_bytes([FACT_EN], password="s3cret"),
+        "scan.pdf": pdf_bytes([""]),
+    })  # fmt: skip
+    ids = [document["id"] for document in response.json()["documents"]]
+    wait_until(lambda: all_settled(ids))
+    errors = {document.original_name: document.error for document in Document.objects.filter(pk__in=ids)}
+    assert set(Document.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"failed"}
+    assert "not a readable PDF" in errors["corrupt.pdf"]
+    assert "encrypted" in errors["locked.pdf"]
+    assert "no text" in errors["scan.pdf"]
+    good = upload(client, kb, {"notes.txt": samples()["notes.txt"]}).json()["documents"][0]["id"]
+    wait_until(lambda: all_settled([good]))
+    assert Document.objects.get(pk=good).status == DocumentStatus.READY
+
+
+def test_a_worker_killed_mid_document_loses_nothing_and_duplicates_nothing(setup, celery_worker: WorkerProcess) -> None:
+    client, kb, _model = setup
+    paragraphs = [f"Paragraph {n}: the harbour log records ship number {n} arriving with cargo." for n in range(1500)]
+    response = upload(client, kb, {"harbour-log.txt": "\n\n".join(paragraphs).encode()})
+    document_id = response.json()["documents"][0]["id"]
+    wait_until(lambda: Document.objects.get(pk=document_id).status == "embedding", timeout=60)
+    celery_worker.kill()
+    assert Document.objects.get(pk=document_id).status in ("embedding", "parsing")
+    celery_worker.start()
+    wait_until(lambda: Document.objects.get(pk=document_id).status == "ready", poke=True)
+    document = Document.objects.get(pk=document_id)
+    ordinals = list(Chunk.objects.filter(document=document).values_list("ordinal", flat=True))
+    assert len(ordinals) == document.chunk_count
+    assert sorted(ordinals) == list(range(document.chunk_count))
+    assert document.attempts >= 2
+    assert search(client, kb, "ship number 1234 arriving", mode="fulltext", top_k=1)[0]["document_id"] == document_id
+
+
+def test_ingestion_waits_and_retries_while_the_embedding_model_is_unreachable(team, celery_worker) -> None:
+    model = embedding_model(team, f"http://127.0.0.1:{free_port()}", launch=False)
+    kb = kb_create(team=team, name="Offline", embedding_model=model)
+    client = bearer_client(member_of(team, Role.MEMBER), team)
+    document_id = upload(client, kb, {"notes.txt": samples()["notes.txt"]}).json()["documents"][0]["id"]
+    wait_until(lambda: "waiting to retry" in Document.objects.get(pk=document_id).error, timeout=60)
+    document = Document.objects.get(pk=document_id)
+    assert document.status == DocumentStatus.QUEUED
+    assert "unreachable" in document.error
+
+
+def test_rebuild_swaps_generations_without_downtime(setup) -> None:
+    client, kb, _model = setup
+    ids = [item["id"] for item in upload(client, kb, {n: samples()[n] for n in ("notes.txt", "guide.md")}).json()[
+        "documents"]]  # fmt: skip
+    wait_until(lambda: all_settled(ids))
+    response = client.post(f"/api/v1/knowledge-bases/{kb.pk}/rebuild/", {"chunk_size": 300}, format="json")
+    assert response.status_code == 202
+    assert response.json()["rebuilding"] is True
+    # Search keeps answering from the current generation while the next one is built.
+    assert search(client, kb, "lighthouse keeper cats", mode="fulltext")
+    wait_until(lambda: not KnowledgeBase.objects.get(pk=kb.pk).rebuilding)
+    kb.refresh_from_db()
+    assert (kb.generation, kb.chunk_size) == (2, 300)
+    assert set(Chunk.objects.filter(knowledge_base=kb).values_list("generation", flat=True)) == {2}
+    assert search(client, kb, "lighthouse keeper cats", mode="hybrid")
+
+
+def test_delete_removes_chunks_and_files(setup) -> None:
+    client, kb, _model = setup
+    document_id = upload(client, kb, {"notes.txt": samples()["notes.txt"]}).json()["documents"][0]["id"]
+    wait_until(lambda: all_settled([document_id]))
+    path = Path(Document.objects.get(pk=document_id).file.path)
+    assert path.exists()
+    assert client.delete(f"/api/v1/documents/{document_id}/").status_code == 204
+    assert not Chunk.objects.filter(document_id=document_id).exists()
+    assert not path.exists()
+
+
+def test_kb_import_command_ingests_a_folder_with_a_progress_bar(setup, tmp_path: Path) -> None:
+    _client, kb, _model = setup
+    for name in ("notes.txt", "guide.md", "page.html"):
+        (tmp_path / name).write_bytes(samples()[name])
+    out, err = io.StringIO(), io.StringIO()
+    call_command("kb_import", str(kb.pk), str(tmp_path), stdout=out, stderr=err)
+    assert "3 new, 0 already present, 0 rejected" in out.getvalue()
+    assert "3 ready, 0 failed" in out.getvalue()
+    assert "ingest" in err.getvalue()
+    assert "100%" in err.getvalue()
+
+
+def test_dispatch_is_fair_between_teams(team, other_team) -> None:
+    def queued(for_team, count: int) -> list[int]:
+        model = embedding_model(for_team, "http://127.0.0.1:1", launch=False)
+        kb = KnowledgeBase.objects.create(team=for_team, name=f"kb-{for_team.pk}", embedding_model=model)
+        return [Document.objects.create(knowledge_base=kb, team=for_team, original_name=f"{n}.txt", file=f"x/{n}",
+                                        sha256=f"{for_team.pk}-{n}", size_bytes=1, content_type="text").pk
+                for n in range(count)]  # fmt: skip
+
+    busy = queued(team, 50)
+    small = queued(other_team, 1)
+    with override_settings(KB_INGEST_MAX_IN_FLIGHT=2):
+        first_round = [document_id for document_id, _token in documents_dispatch()]
+        assert documents_dispatch() == []  # both slots taken
+    assert first_round == [busy[0], small[0]]
+
+
+def test_nobody_reaches_another_teams_knowledge_base(setup, other_team, outsider) -> None:
+    client, kb, _model = setup
+    document_id = upload(client, kb, {"notes.txt": samples()["notes.txt"]}).json()["documents"][0]["id"]
+    stranger = bearer_client(outsider, other_team)
+    assert stranger.get("/api/v1/knowledge-bases/").json()["results"] == []
+    assert stranger.get("/api/v1/documents/").json()["results"] == []
+    for method, path, body in [
+        ("get", f"/api/v1/knowledge-bases/{kb.pk}/", None),
+        ("patch", f"/api/v1/knowledge-bases/{kb.pk}/", {"name": "mine"}),
+        ("delete", f"/api/v1/knowledge-bases/{kb.pk}/", None),
+        ("get", f"/api/v1/knowledge-bases/{kb.pk}/documents/", None),
+        ("post", f"/api/v1/knowledge-bases/{kb.pk}/search/", {"query": "cats"}),
+        ("post", f"/api/v1/knowledge-bases/{kb.pk}/rebuild/", {}),
+        ("get", f"/api/v1/documents/{document_id}/", None),
+        ("delete", f"/api/v1/documents/{document_id}/", None),
+        ("post", f"/api/v1/documents/{document_id}/reindex/", None),
+    ]:
+        assert getattr(stranger, method)(path, body, format="json").status_code == 404, (method, path)
+    assert upload(stranger, kb, {"x.txt": b"sneaky upload"}).status_code == 404
+    viewer = bearer_client(member_of(kb.team, Role.VIEWER), kb.team)
+    assert upload(viewer, kb, {"x.txt": b"viewer upload"}).status_code == 403
+    assert viewer.post(f"/api/v1/knowledge-bases/{kb.pk}/search/", {"query": "cats"}, format="json").status_code == 200
+    assert Document.objects.count() == 1
+
+
+def test_search_requests_are_validated(setup) -> None:
+    client, kb, _model = setup
+    url = f"/api/v1/knowledge-bases/{kb.pk}/search/"
+    cases = [
+        ({"query": "x", "mode": "magic"}, "mode"),
+        ({"query": ""}, "query"),
+        ({"query": "x", "top_k": 0}, "top_k"),
+        ({"query": "x", "colour": "red"}, "unknown"),
+    ]
+    for body, field in cases:
+        response = client.post(url, body, format="json")
+        assert response.status_code == 400, body
+        assert field in str(response.json()["error"]), body
+
+
+def test_a_knowledge_base_only_takes_its_teams_embedding_models(team, other_team) -> None:
+    from kb.services import KnowledgeBaseError
+
+    foreign = embedding_model(other_team, "http://127.0.0.1:1", launch=False)
+    with pytest.raises(KnowledgeBaseError, match="not an embedding model of the team"):
+        kb_create(team=team, name="x", embedding_model=foreign)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kb_chunk_embedding_384_hnsw'")
+        assert "hnsw" in cursor.fetchone()[0]

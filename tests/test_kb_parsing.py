@@ -1,0 +1,117 @@
+"""Type detection from content and parsing of every supported format, with structure kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kb import fulltext
+from kb.models import Splitter
+from kb.parsing import ParseError, UnsupportedFile, detect_type, parse
+from kb.splitting import split_sections, token_counter, tokenizer_path_for
+from kb.uploads import sanitize_name
+from models_registry import embedded_xinference
+from tests.documents import FACT_EN, FACT_ZH, pdf_bytes, samples, write
+
+EXPECTED_KINDS = {
+    "notes.txt": "text", "guide.md": "markdown", "page.html": "html", "report.pdf": "pdf", "notes.docx": "docx",
+    "slides.pptx": "pptx", "census.xlsx": "xlsx", "census.csv": "csv", "record.json": "json",
+    "records.jsonl": "jsonl", "mail.eml": "eml", "book.epub": "epub", "中文.txt": "text",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_KINDS))
+def test_every_format_is_detected_and_parsed(tmp_path: Path, name: str) -> None:
+    path = write(tmp_path, name, samples()[name])
+    kind = detect_type(path, name)
+    assert kind == EXPECTED_KINDS[name]
+    text = "\n".join(section.text for section in parse(path, kind, name))
+    if name == "中文.txt":
+        assert FACT_ZH in text
+    elif name in ("census.xlsx", "census.csv"):
+        assert "town: Vardø; cats: 17; note: fed at dawn by the lighthouse keeper" in text
+    else:
+        assert " ".join(FACT_EN.split()) in " ".join(text.split())
+
+
+def test_structure_is_kept(tmp_path: Path) -> None:
+    data = samples()
+    pdf = parse(write(tmp_path, "r.pdf", data["report.pdf"]), "pdf", "r.pdf")
+    assert [section.metadata["page"] for section in pdf] == [1, 2]
+    markdown = parse(write(tmp_path, "g.md", data["guide.md"]), "markdown", "g.md")
+    assert markdown[-1].metadata["heading_path"] == ["Guide", "Cats"]
+    docx = parse(write(tmp_path, "n.docx", data["notes.docx"]), "docx", "n.docx")
+    assert any(section.metadata.get("heading_path") == ["Field notes", "Animals"] for section in docx)
+    slides = parse(write(tmp_path, "s.pptx", data["slides.pptx"]), "pptx", "s.pptx")
+    assert [section.metadata["slide"] for section in slides] == [1, 2]
+    html = parse(write(tmp_path, "p.html", data["page.html"]), "html", "p.html")
+    assert "alert" not in " ".join(section.text for section in html)
+    assert html[-1].metadata["heading_path"] == ["Guide", "Cats"]
+
+
+def test_type_comes_from_content_not_the_name(tmp_path: Path) -> None:
+    assert detect_type(write(tmp_path, "report.txt", pdf_bytes(["hello"])), "report.txt") == "pdf"
+    assert detect_type(write(tmp_path, "data.pdf", b"just words, no pdf at all\n"), "data.pdf") == "text"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("empty.txt", b"", "is empty"),
+        ("binary.txt", bytes(range(256)) * 4, "binary data"),
+        ("picture.txt", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "PNG image"),
+        ("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64, "legacy Office"),
+        ("latin1.txt", "caf\xe9 cr\xe8me ".encode("latin-1") * 3 + b"\xff\xfe\xfd", "not text"),
+    ],
+)
+def test_unsupported_content_is_refused_with_a_reason(tmp_path: Path, name: str, data: bytes, message: str) -> None:
+    with pytest.raises(UnsupportedFile, match=message):
+        detect_type(write(tmp_path, name, data), name)
+
+
+def test_corrupt_and_encrypted_pdfs_fail_with_a_reason(tmp_path: Path) -> None:
+    corrupt = write(tmp_path, "corrupt.pdf", b"%PDF-1.7\n" + b"garbage " * 200)
+    with pytest.raises(ParseError, match="not a readable PDF"):
+        parse(corrupt, detect_type(corrupt, "corrupt.pdf"), "corrupt.pdf")
+    locked = write(tmp_path, "locked.pdf", pdf_bytes([FACT_EN], password="s3cret"))
+    with pytest.raises(ParseError, match="encrypted"):
+        parse(locked, "pdf", "locked.pdf")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [("../../etc/passwd.txt", "passwd.txt"), ("..\\..\\boot.ini", "boot.ini"), (".hidden.md", "hidden.md"),
+     ("a\x00b<c>.txt", "a_b_c_.txt"), ("", "unnamed"), ("报告 2026.pdf", "报告 2026.pdf")],
+)  # fmt: skip
+def test_names_are_sanitised(raw: str, clean: str) -> None:
+    assert sanitize_name(raw) == clean
+
+
+def test_splitters_respect_size_chinese_punctuation_and_headings(tmp_path: Path) -> None:
+    text = "。".join(["青岛是一座美丽的海滨城市"] * 40) + "。"
+    sections = parse(write(tmp_path, "zh.txt", text.encode()), "text", "zh.txt")
+    chunks = split_sections(sections, splitter=Splitter.RECURSIVE, chunk_size=100, chunk_overlap=10)
+    assert len(chunks) > 3
+    assert all(len(chunk.text) <= 100 for chunk in chunks)
+    assert all(chunk.text.endswith("。") for chunk in chunks[:-1])  # cut at sentence ends
+
+    headed = parse(write(tmp_path, "g.md", samples()["guide.md"]), "markdown", "g.md")
+    chunks = split_sections(headed, splitter=Splitter.HEADINGS, chunk_size=500, chunk_overlap=0)
+    assert chunks[-1].text.startswith("Guide > Cats\n\n")
+    assert chunks[-1].metadata["heading_path"] == ["Guide", "Cats"]
+
+    tokenizer = tokenizer_path_for(embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()))
+    assert tokenizer is not None
+    chunks = split_sections(
+        sections, splitter=Splitter.TOKENS, chunk_size=50, chunk_overlap=5, tokenizer_path=tokenizer
+    )
+    count = token_counter(tokenizer)
+    assert all(count(chunk.text) <= 50 for chunk in chunks)
+    assert max(count(chunk.text) for chunk in chunks) > 30
+
+
+def test_fulltext_terms_segment_chinese_and_drop_stop_words() -> None:
+    assert "啤酒节" in fulltext.terms(FACT_ZH) or "啤酒" in fulltext.terms(FACT_ZH)
+    assert "the" not in fulltext.terms("The cats of the keeper")
+    assert fulltext.query_text("What do the cats eat?") == "'cats' | 'eat'"
