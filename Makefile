@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint typecheck lock clean
+.PHONY: run test lint typecheck bench lock clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -36,6 +36,10 @@ typecheck: $(VENV)/.dev
 test: $(VENV)/.dev lint typecheck
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest
+
+# Figures for the README and the notes; never part of `make test`.
+bench: $(VENV)/.dev
+	$(PY) bench/run.py
 
 lock: $(VENV)/.runtime
 	$(UV) pip compile --quiet --python-version 3.11 --generate-hashes requirements.in -o requirements.lock

@@ -5,20 +5,65 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
-from kb.services import document_reindex
+from kb.services import document_reindex, documents_add
+from kb.uploads import receive, workdir
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class UploadForm(forms.Form):
+    upload = forms.FileField(
+        widget=MultipleFileInput(attrs={"multiple": True}),
+        help_text="One or more files; ZIP archives are expanded.",
+    )
 
 
 @admin.register(KnowledgeBase)
 class KnowledgeBaseAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "embedding_model", "splitter", "chunk_size", "generation", "created_at"]
+    list_display = ["name", "team", "embedding_model", "splitter", "chunk_size", "generation", "upload_link"]
     list_filter = ["team", "splitter", "embedding_model"]
     search_fields = ["name", "description", "team__name"]
     readonly_fields = ["generation", "rebuild_settings"]
+
+    def get_urls(self) -> list[URLPattern]:
+        upload = path("<int:kb_id>/upload/", self.admin_site.admin_view(self.upload_view), name="kb_upload")
+        return [upload, *super().get_urls()]
+
+    @admin.display(description="upload")
+    def upload_link(self, kb: KnowledgeBase) -> str:
+        return format_html('<a href="{}">Upload files</a>', reverse("admin:kb_upload", args=[kb.pk]))
+
+    def upload_view(self, request: HttpRequest, kb_id: int) -> HttpResponse:
+        kb = get_object_or_404(KnowledgeBase, pk=kb_id)
+        if not self.has_change_permission(request, kb):
+            raise PermissionDenied
+        if request.method == "POST":
+            with workdir() as scratch:
+                accepted, rejected = [], []
+                for upload in request.FILES.getlist("upload"):
+                    files, refusals = receive(upload, upload.name or "unnamed", scratch)
+                    accepted.extend(files)
+                    rejected.extend(refusals)
+                result = documents_add(kb=kb, files=accepted, rejected=rejected)
+            self.message_user(request, f"{len(result.created)} queued, {len(result.duplicates)} already present.")
+            for refusal in result.rejected:
+                self.message_user(request, f"Refused {refusal.name}: {refusal.reason}", messages.ERROR)
+            return redirect(reverse("admin:kb_document_changelist") + f"?knowledge_base__id__exact={kb.pk}")
+        context = {**self.admin_site.each_context(request), "title": f"Upload to {kb.name}", "form": UploadForm(),
+                   "knowledge_base": kb, "opts": self.model._meta}  # fmt: skip
+        return render(request, "admin/kb/upload.html", context)
 
 
 @admin.register(Document)
@@ -31,7 +76,7 @@ class DocumentAdmin(admin.ModelAdmin):
     actions = ["reindex", "retry_failed"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # uploads go through the API, the web app or `manage.py kb_import`
+        return False  # uploads go through a knowledge base's "Upload files" page, the API or kb_import
 
     @admin.action(description="Re-index the selected documents")
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:

@@ -321,3 +321,51 @@ def test_a_knowledge_base_only_takes_its_teams_embedding_models(team, other_team
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kb_chunk_embedding_384_hnsw'")
         assert "hnsw" in cursor.fetchone()[0]
+
+
+def test_admins_upload_several_files_in_the_admin_console(team) -> None:
+    from django.test import Client
+
+    from accounts.models import User
+
+    kb = kb_create(team=team, name="Console", embedding_model=embedding_model(team, "http://127.0.0.1:1", launch=False))
+    client = Client()
+    client.force_login(User.objects.create_superuser("console-admin", "", "pw-console-1"))
+    page = client.get(f"/admin/kb/knowledgebase/{kb.pk}/upload/")
+    assert page.status_code == 200
+    assert b"multiple" in page.content
+    files = [io.BytesIO(samples()[name]) for name in ("notes.txt", "guide.md")]
+    for handle, name in zip(files, ("notes.txt", "guide.md"), strict=True):
+        handle.name = name
+    bad = io.BytesIO(b"")
+    bad.name = "empty.txt"
+    response = client.post(f"/admin/kb/knowledgebase/{kb.pk}/upload/", {"upload": [*files, bad]}, follow=True)
+    assert response.status_code == 200
+    assert sorted(kb.documents.values_list("original_name", flat=True)) == ["guide.md", "notes.txt"]
+    assert b"Refused empty.txt" in response.content
+
+
+def test_search_can_rerank_with_a_rerank_registration(setup, tmp_path: Path) -> None:
+    from models_registry.services import registration_terminate
+    from tests.xinference_server import TINY_RERANKER_UID, build_tiny_reranker
+
+    client, kb, model = setup
+    files = {name: samples()[name] for name in ("notes.txt", "guide.md")}
+    ids = [item["id"] for item in upload(client, kb, files).json()["documents"]]
+    wait_until(lambda: all_settled(ids))
+    spec, launch = build_tiny_reranker(tmp_path / "reranker")
+    reranker = registration_launch(registration=registration_create(
+        provider=model.provider, kind="rerank", name="tiny", provider_model_uid=TINY_RERANKER_UID,
+        launch_spec=launch, custom_spec=spec))  # fmt: skip
+    try:
+        plain = search(client, kb, "lighthouse cats", mode="hybrid", top_k=3)
+        reranked = search(client, kb, "lighthouse cats", mode="hybrid", top_k=3, rerank_model=reranker.pk)
+        # The tiny model's scores mean nothing; what matters is that they come from it.
+        assert {hit["chunk_id"] for hit in reranked} <= {hit["chunk_id"] for hit in search(
+            client, kb, "lighthouse cats", mode="hybrid", top_k=12)}  # fmt: skip
+        assert [hit["score"] for hit in reranked] != [hit["score"] for hit in plain]
+        foreign = client.post(f"/api/v1/knowledge-bases/{kb.pk}/search/",
+                              {"query": "x", "rerank_model": model.pk}, format="json")  # fmt: skip
+        assert foreign.status_code == 400
+    finally:
+        registration_terminate(registration=reranker)
