@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiKey, Membership, Team, User
+from accounts.models import ApiKey, Membership, Quota, Team, Usage, User
 from accounts.services import api_key_revoke
 
 
@@ -64,3 +64,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             api_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+@admin.register(Usage)
+class UsageAdmin(admin.ModelAdmin):
+    list_display = ["day", "team", "user", "model_name", "requests", "tokens_in", "tokens_out"]
+    list_filter = ["team", "model_name", "day"]
+    search_fields = ["user__username", "team__name", "model_name"]
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ["team", "user", "daily_tokens"]
+    list_filter = ["team"]
+    search_fields = ["team__name", "user__username"]
+    autocomplete_fields = ["team", "user"]

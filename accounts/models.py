@@ -93,3 +93,44 @@ class ApiKey(models.Model):
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or self.expires_at > timezone.now()
+
+
+class Usage(models.Model):
+    """Tokens used per user, team, model and day (UTC); one row each, incremented in place."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="usage")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage")
+    model_name = models.CharField(max_length=200)
+    day = models.DateField()
+    requests = models.PositiveIntegerField(default=0)
+    tokens_in = models.PositiveBigIntegerField(default=0)
+    tokens_out = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user", "model_name", "day"], name="usage_unique_row"),
+        ]
+        indexes = [models.Index(fields=["team", "day"], name="usage_team_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.team} {self.user} {self.model_name} {self.day}"
+
+
+class Quota(models.Model):
+    """A daily token limit for a whole team (user empty) or for one user in it."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="quotas")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True)
+    daily_tokens = models.PositiveBigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user"], name="quota_unique_team_user"),
+            models.UniqueConstraint(
+                fields=["team"], condition=models.Q(user__isnull=True), name="quota_unique_team_wide"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = self.user or "whole team"
+        return f"{self.team}: {who} {self.daily_tokens}/day"

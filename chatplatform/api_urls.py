@@ -3,6 +3,7 @@
 from rest_framework.routers import DefaultRouter
 
 from accounts.api import TeamViewSet
+from chat.api import AssistantViewSet, ConversationViewSet
 from kb.api import DocumentViewSet, KnowledgeBaseViewSet
 from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
 
@@ -12,5 +13,7 @@ router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", ModelRegistrationViewSet, basename="model")
 router.register("knowledge-bases", KnowledgeBaseViewSet, basename="knowledge-base")
 router.register("documents", DocumentViewSet, basename="document")
+router.register("assistants", AssistantViewSet, basename="assistant")
+router.register("conversations", ConversationViewSet, basename="conversation")
 
 urlpatterns = router.urls

@@ -129,6 +129,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT 
 CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
+    # The dispatcher is tiny and must not wait behind long ingestions for a slot.
+    "kb.dispatch": {"queue": "default"},
     "kb.*": {"queue": "ingest"},
     "chat.*": {"queue": "llm"},
     "models_registry.*": {"queue": "default"},

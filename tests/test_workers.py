@@ -23,6 +23,8 @@ def test_routing_sends_domain_tasks_to_their_queues() -> None:
     assert router.route({}, "kb.tasks.document_ingest")["queue"].name == "ingest"
     assert router.route({}, "chat.tasks.summary_update")["queue"].name == "llm"
     assert router.route({}, "workers.echo")["queue"].name == "default"
+    assert router.route({}, "kb.ingest")["queue"].name == "ingest"
+    assert router.route({}, "kb.dispatch")["queue"].name == "default"
 
 
 def test_a_task_round_trips_through_the_broker_and_a_real_worker(celery_worker_process: str) -> None:

@@ -1,0 +1,325 @@
+"""/api/v1/assistants/, /api/v1/conversations/ (+ messages/, stop/, regenerate/, files/) and
+/api/v1/messages/{id}/feedback/."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, mixins, serializers, status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.api import TeamScopedViewSet
+from accounts.authentication import ApiKeyAuthentication
+from accounts.models import ApiKey, Role, Scope, User
+from accounts.selectors import team_scoped
+from chat.models import Assistant, Conversation, Message, MessageStatus
+from chat.services import (
+    assistant_create,
+    assistant_default_for,
+    conversation_create,
+    conversation_delete,
+    conversation_files_kb,
+    message_feedback,
+    turn_answer,
+    turn_prepare,
+)
+from chat.streaming import event_stream_response, request_stop
+from chatplatform.domain_errors import DomainError
+from chatplatform.pagination import IdCursorPagination
+from kb.models import KnowledgeBase
+from kb.services import documents_add
+from kb.uploads import receive, workdir
+
+MAX_MESSAGE_CHARS = 32_000
+
+
+class AssistantSerializer(serializers.ModelSerializer):
+    team = serializers.IntegerField(source="team_id", required=False)
+    knowledge_bases = serializers.PrimaryKeyRelatedField(
+        many=True, queryset=KnowledgeBase.objects.all(), required=False
+    )
+
+    class Meta:
+        model = Assistant
+        fields = [
+            "id", "team", "name", "llm", "knowledge_bases", "system_prompt", "retrieval_mode", "top_k",
+            "score_threshold", "rerank_model", "recent_tokens", "summary_tokens", "max_answer_tokens", "created_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at"]
+
+
+class AssistantViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin, TeamScopedViewSet,
+):  # fmt: skip
+    queryset = Assistant.objects.prefetch_related("knowledge_bases")
+    serializer_class = AssistantSerializer
+    action_roles = {action: Role.ADMIN for action in ("update", "partial_update", "destroy")}
+
+    def perform_create(self, serializer: serializers.BaseSerializer[Assistant]) -> None:
+        data = dict(serializer.validated_data)
+        team = self.target_team(data.pop("team_id", None), Role.ADMIN)
+        serializer.instance = assistant_create(
+            team=team, name=data.pop("name"), llm=data.pop("llm"), knowledge_bases=data.pop("knowledge_bases", []),
+            **data,
+        )  # fmt: skip
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Assistant]) -> None:
+        assistant = serializer.instance
+        assert assistant is not None
+        data = serializer.validated_data
+        llm = data.get("llm", assistant.llm)
+        knowledge_bases = data.get("knowledge_bases", list(assistant.knowledge_bases.all()))
+        if llm.team_id != assistant.team_id or any(kb.team_id != assistant.team_id for kb in knowledge_bases):
+            raise exceptions.ValidationError({"detail": "Models and knowledge bases must belong to the team."})
+        serializer.save()
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = [
+            "id", "role", "author", "content", "status", "error", "citations", "retrieval_query", "model_name",
+            "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_ms", "feedback",
+            "feedback_comment", "created_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ConversationSerializer(serializers.ModelSerializer):
+    team = serializers.IntegerField(source="team_id", required=False)
+    assistant = serializers.PrimaryKeyRelatedField(queryset=Assistant.objects.all(), required=False)
+
+    class Meta:
+        model = Conversation
+        fields = ["id", "team", "owner", "assistant", "title", "is_room", "summary", "summarized_up_to",
+                  "created_at", "updated_at"]  # fmt: skip
+        read_only_fields = ["owner", "summary", "summarized_up_to", "created_at", "updated_at"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            api_key = request.auth if isinstance(request.auth, ApiKey) else None
+            assistants = team_scoped(Assistant.objects.all(), user=request.user, api_key=api_key)
+            self.fields["assistant"].queryset = assistants  # type: ignore[attr-defined]
+
+
+def visible_conversations(
+    queryset: QuerySet[Conversation], user: Any, api_key: ApiKey | None
+) -> QuerySet[Conversation]:
+    """The caller's own conversations and their teams' rooms."""
+    return team_scoped(queryset, user=user, api_key=api_key).filter(Q(owner=user) | Q(is_room=True))
+
+
+class ConversationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin, TeamScopedViewSet,
+):  # fmt: skip
+    queryset = Conversation.objects.select_related("assistant")
+    serializer_class = ConversationSerializer
+    filterset_fields = ["team", "assistant", "is_room"]
+
+    def get_queryset(self) -> QuerySet[Conversation]:
+        return visible_conversations(Conversation.objects.select_related("assistant"), self.request.user, self.api_key)
+
+    def perform_create(self, serializer: serializers.BaseSerializer[Conversation]) -> None:
+        data = serializer.validated_data
+        team = self.target_team(data.get("team_id"), Role.MEMBER)
+        assistant = data.get("assistant") or assistant_default_for(team=team)
+        serializer.instance = conversation_create(
+            team=team, owner=acting_user(self.request), assistant=assistant, is_room=data.get("is_room", False)
+        )
+
+    def perform_update(self, serializer: serializers.BaseSerializer[Conversation]) -> None:
+        conversation = serializer.instance
+        assert conversation is not None
+        self._require_owner(conversation)
+        serializer.save(team_id=conversation.team_id)
+
+    def perform_destroy(self, instance: Conversation) -> None:
+        self._require_owner(instance)
+        conversation_delete(conversation=instance)
+
+    @extend_schema(
+        request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "array", "items": {
+            "type": "string", "format": "binary"}}}}},
+        responses={201: inline_serializer("ConversationFiles", {"documents": serializers.ListField(),
+                                                                "rejected": serializers.ListField()})},
+    )  # fmt: skip
+    @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
+    def files(self, request: Request, pk: str | None = None) -> Response:
+        """File chat: files dropped into the conversation are searched with its questions."""
+        conversation = self.get_object()
+        uploads = request.FILES.getlist("file")
+        if not uploads:
+            raise exceptions.ValidationError({"file": "Attach one or more files in the multipart field `file`."})
+        kb = conversation_files_kb(conversation=conversation)
+        with workdir() as scratch:
+            accepted, rejected = [], []
+            for upload in uploads:
+                files, refusals = receive(upload, upload.name or "unnamed", scratch)
+                accepted.extend(files)
+                rejected.extend(refusals)
+            result = documents_add(kb=kb, files=accepted, rejected=rejected)
+        documents = [{"id": d.pk, "original_name": d.original_name, "status": d.status}
+                     for d in [*result.created, *result.duplicates]]  # fmt: skip
+        rejected_body = [{"name": item.name, "reason": item.reason} for item in result.rejected]
+        code = status.HTTP_201_CREATED if documents else status.HTTP_400_BAD_REQUEST
+        return Response({"documents": documents, "rejected": rejected_body}, status=code)
+
+    def _require_owner(self, conversation: Conversation) -> None:
+        if conversation.owner_id != self.request.user.pk:
+            self.require_role(conversation.team_id, Role.ADMIN)
+
+    @extend_schema(request=None, responses=inline_serializer("Stopped", {"stopped": serializers.IntegerField()}))
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        """Stop the answer being written; what was written so far is kept."""
+        conversation = self.get_object()
+        streaming = conversation.messages.filter(status=MessageStatus.STREAMING).values_list("pk", flat=True)
+        for message_id in streaming:
+            request_stop(message_id)
+        return Response({"stopped": len(streaming)})
+
+
+class MessageInputSerializer(serializers.Serializer):
+    content = serializers.CharField(max_length=MAX_MESSAGE_CHARS, allow_blank=False, trim_whitespace=False)
+    stream = serializers.BooleanField(default=False)
+
+
+class ConversationMessagesView(APIView):
+    """GET the messages (cursor pagination); POST a question and get the answer (`stream: false`)."""
+
+    def get(self, request: Request, pk: int) -> Response:
+        conversation = conversation_for(request, pk)
+        paginator = IdCursorPagination()
+        paginator.ordering = "pk"
+        page = paginator.paginate_queryset(conversation.messages.all(), request, view=self)
+        return paginator.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(request=MessageInputSerializer, responses={201: MessageSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        conversation = conversation_for(request, pk, scope=Scope.CHAT)
+        data = MessageInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        turn = turn_prepare(
+            conversation=conversation, author=acting_user(request), content=data.validated_data["content"]
+        )
+        return Response(MessageSerializer(turn_answer(turn=turn)).data, status=status.HTTP_201_CREATED)
+
+
+class RegenerateView(APIView):
+    @extend_schema(request=None, responses={201: MessageSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        conversation = conversation_for(request, pk, scope=Scope.CHAT)
+        turn = turn_prepare(conversation=conversation, author=acting_user(request), content="", regenerate=True)
+        return Response(MessageSerializer(turn_answer(turn=turn)).data, status=status.HTTP_201_CREATED)
+
+
+def acting_user(request: Request) -> User:
+    assert isinstance(request.user, User)  # every view here requires authentication
+    return request.user
+
+
+def conversation_for(request: Request, pk: int, scope: str | None = None) -> Conversation:
+    api_key = request.auth if isinstance(request.auth, ApiKey) else None
+    if api_key is not None and scope is not None and scope not in api_key.scopes and Scope.ADMIN not in api_key.scopes:
+        raise exceptions.PermissionDenied(f"This API key lacks the {scope!r} scope: create a key with it.")
+    conversation = visible_conversations(Conversation.objects.all(), request.user, api_key).filter(pk=pk).first()
+    if conversation is None:
+        raise exceptions.NotFound("No such conversation.")
+    return conversation
+
+
+class FeedbackSerializer(serializers.Serializer):
+    value = serializers.ChoiceField(choices=[-1, 0, 1])
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class FeedbackView(APIView):
+    @extend_schema(request=FeedbackSerializer, responses=MessageSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        api_key = request.auth if isinstance(request.auth, ApiKey) else None
+        conversations = visible_conversations(Conversation.objects.all(), request.user, api_key)
+        message = Message.objects.filter(pk=pk, conversation__in=conversations).first()
+        if message is None:
+            raise exceptions.NotFound("No such message.")
+        data = FeedbackSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        message = message_feedback(message=message, value=data.validated_data["value"],
+                                   comment=data.validated_data["comment"])  # fmt: skip
+        return Response(MessageSerializer(message).data)
+
+
+# --- the streaming entry point ----------------------------------------------------------------
+
+
+def _error(status_code: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, "details": {}}}, status=status_code)
+
+
+def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> Any:
+    """Authenticate as the REST API does (bearer key, or session with CSRF), check the body, and
+    prepare the turn; returns a PreparedTurn or an error response."""
+    drf_request = Request(request, authenticators=[ApiKeyAuthentication(), SessionAuthentication()])
+    try:
+        user = drf_request.user
+    except exceptions.APIException as exc:
+        return _error(exc.status_code, "not_authenticated", str(exc.detail))
+    if user is None or not user.is_authenticated:
+        return _error(401, "not_authenticated", "Authentication credentials were not provided.")
+    try:
+        body = json.loads(request.body or b"{}") if not regenerate else {}
+    except ValueError:
+        return _error(400, "invalid", 'The body is not valid JSON: send {"content": "...", "stream": true}.')
+    content = body.get("content", "") if isinstance(body, dict) else None
+    if not regenerate and (not isinstance(content, str) or not content.strip()):
+        return _error(400, "invalid", "content: write the message as a non-empty string.")
+    if not regenerate and len(content or "") > MAX_MESSAGE_CHARS:
+        return _error(400, "invalid", f"content: at most {MAX_MESSAGE_CHARS} characters.")
+    try:
+        conversation = conversation_for(drf_request, pk, scope=Scope.CHAT)
+        assert isinstance(user, User)
+        return turn_prepare(conversation=conversation, author=user, content=content or "", regenerate=regenerate)
+    except exceptions.APIException as exc:
+        return _error(exc.status_code, str(exc.get_codes()), str(exc.detail))
+    except DomainError as exc:
+        return _error(exc.status_code, exc.code, str(exc))
+
+
+def _wants_stream(request: HttpRequest) -> bool:
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return True
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("stream") is True
+
+
+async def conversation_messages(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """POST with `"stream": true` (or Accept: text/event-stream) answers as Server-Sent Events;
+    everything else is the plain REST view."""
+    if request.method == "POST" and _wants_stream(request):
+        prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, False)
+        return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
+    return await sync_to_async(ConversationMessagesView.as_view())(request, pk=pk)
+
+
+async def conversation_regenerate(request: HttpRequest, pk: int) -> HttpResponseBase:
+    if request.method == "POST" and _wants_stream(request):
+        prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, True)
+        return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
+    return await sync_to_async(RegenerateView.as_view())(request, pk=pk)

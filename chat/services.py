@@ -1,0 +1,419 @@
+"""Writes and the turn itself: rewrite → retrieve → prompt (system prompt, running summary, recent
+turns, numbered sources) → answer → save with citations and usage → fold old turns into the summary.
+
+A turn is prepared and finished by sync functions (database, retrieval) shared by the streaming
+(async SSE) and the plain API; only the token stream in between is async."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from accounts.models import Quota, Team, Usage, User
+from chat import prompts
+from chat.memory import estimate_tokens, recent_window, trim_to_budget
+from chat.models import Assistant, Conversation, Message, MessageStatus
+from chatplatform.domain_errors import DomainError
+from kb.models import KnowledgeBase
+from kb.retrieval import Hit, SearchRequest, kb_search
+from models_registry.langchain_models import chat_model_for
+from models_registry.models import ModelKind, ModelRegistration
+from models_registry.selectors import team_default_model
+
+logger = logging.getLogger(__name__)
+REWRITE_MAX_TOKENS = 64
+SNIPPET_CHARS = 300
+CITATION = re.compile(r"\[(\d{1,2})\]")
+
+
+class ChatError(DomainError):
+    pass
+
+
+class QuotaExceeded(DomainError):
+    status_code = 429
+    code = "quota_exceeded"
+
+
+class ModelUnavailable(DomainError):
+    status_code = 503
+    code = "model_unavailable"
+
+
+# --- assistants and conversations -------------------------------------------------------------
+
+
+@transaction.atomic
+def assistant_create(
+    *,
+    team: Team,
+    name: str,
+    llm: ModelRegistration,
+    knowledge_bases: list[KnowledgeBase] | None = None,
+    **settings_: Any,
+) -> Assistant:
+    if llm.team_id != team.pk or llm.kind != ModelKind.LLM:
+        raise ChatError(f"{llm.name} is not an LLM of the team {team.slug!r}")
+    for kb in knowledge_bases or []:
+        if kb.team_id != team.pk:
+            raise ChatError(f"the knowledge base {kb.name!r} belongs to another team")
+    if settings_.get("retrieval_mode", "hybrid") not in ("hybrid", "vector", "fulltext"):
+        raise ChatError("retrieval_mode must be hybrid, vector or fulltext")
+    assistant = Assistant.objects.create(team=team, name=name, llm=llm, **settings_)
+    assistant.knowledge_bases.set(knowledge_bases or [])
+    return assistant
+
+
+def assistant_default_for(*, team: Team) -> Assistant:
+    """The team's first assistant, created from its default LLM when it has none, so that a new
+    team can chat at once."""
+    existing = Assistant.objects.filter(team=team).order_by("pk").first()
+    if existing is not None:
+        return existing
+    llm = team_default_model(team=team, kind=ModelKind.LLM)
+    if llm is None:
+        raise ChatError("the team has no assistant and no default LLM: register a model and set it as default")
+    return assistant_create(team=team, name="Assistant", llm=llm)
+
+
+def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_room: bool = False) -> Conversation:
+    if assistant.team_id != team.pk:
+        raise ChatError("the assistant belongs to another team")
+    return Conversation.objects.create(team=team, owner=owner, assistant=assistant, is_room=is_room)
+
+
+def conversation_files_kb(*, conversation: Conversation) -> KnowledgeBase:
+    """The conversation's own knowledge base for dropped files, made on first use with the team's
+    default embedding model; it goes when the conversation goes."""
+    from kb.services import kb_create
+
+    if conversation.file_knowledge_base is not None:
+        return conversation.file_knowledge_base
+    model = team_default_model(team=conversation.team, kind=ModelKind.EMBEDDING)
+    if model is None:
+        raise ChatError("file chat needs the team's default embedding model: set one first")
+    with transaction.atomic():
+        kb = kb_create(team=conversation.team, name=f"Files of conversation {conversation.pk}", embedding_model=model)
+        conversation.file_knowledge_base = kb
+        conversation.save(update_fields=["file_knowledge_base", "updated_at"])
+    return kb
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    from kb.services import kb_delete
+
+    files_kb = conversation.file_knowledge_base
+    conversation.delete()
+    if files_kb is not None:
+        kb_delete(kb=files_kb)
+
+
+def message_feedback(*, message: Message, value: int, comment: str = "") -> Message:
+    if message.role != Message.Role.ASSISTANT:
+        raise ChatError("feedback goes on the assistant's answers")
+    if value not in (-1, 0, 1):
+        raise ChatError("feedback is 1 (up), -1 (down) or 0 (none)")
+    message.feedback = value
+    message.feedback_comment = comment[:2000]
+    message.save(update_fields=["feedback", "feedback_comment"])
+    return message
+
+
+# --- quotas and usage -------------------------------------------------------------------------
+
+
+def _next_reset() -> datetime:
+    tomorrow = timezone.now().astimezone(UTC).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time.min, tzinfo=UTC)
+
+
+def quota_check(*, team: Team, user: User) -> None:
+    """Refuse before calling the model when the team's or the user's daily tokens are used up."""
+    today = timezone.now().astimezone(UTC).date()
+    for quota in Quota.objects.filter(team=team).filter(user__isnull=True) | Quota.objects.filter(team=team, user=user):
+        rows = Usage.objects.filter(team=team, day=today)
+        if quota.user_id is not None:
+            rows = rows.filter(user_id=quota.user_id)
+        used = rows.aggregate(total=Sum(F("tokens_in") + F("tokens_out")))["total"] or 0
+        if used >= quota.daily_tokens:
+            whose = "your" if quota.user_id else "the team's"
+            reset = _next_reset()
+            hours, rest = divmod(int((reset - timezone.now()).total_seconds()), 3600)
+            raise QuotaExceeded(
+                f"{whose} daily quota of {quota.daily_tokens} tokens is used up ({used} used); it resets at "
+                f"{reset:%Y-%m-%d %H:%M} UTC, in {hours} h {rest // 60} min"
+            )
+
+
+def usage_record(*, team_id: int, user_id: int, model_name: str, tokens_in: int, tokens_out: int) -> None:
+    today = timezone.now().astimezone(UTC).date()
+    row, _ = Usage.objects.get_or_create(team_id=team_id, user_id=user_id, model_name=model_name, day=today)
+    Usage.objects.filter(pk=row.pk).update(
+        requests=F("requests") + 1, tokens_in=F("tokens_in") + tokens_in, tokens_out=F("tokens_out") + tokens_out
+    )
+
+
+# --- a turn -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedTurn:
+    conversation_id: int
+    team_id: int
+    user_id: int
+    assistant_message_id: int
+    llm: ModelRegistration
+    prompt: list[BaseMessage]
+    sources: list[dict[str, Any]]
+    max_tokens: int
+    canned_answer: str | None = None  # said instead of calling the model (nothing found)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(estimate_tokens(str(message.content)) + 4 for message in self.prompt)
+
+
+def _history(conversation: Conversation, before_id: int) -> list[Message]:
+    return list(
+        conversation.messages.filter(
+            pk__gt=conversation.summarized_up_to,
+            pk__lt=before_id,
+            status__in=[MessageStatus.COMPLETE, MessageStatus.STOPPED],
+        ).order_by("pk")
+    )
+
+
+def _rewrite(llm: ModelRegistration, recent: list[Message], question: str) -> str:
+    """A standalone query for retrieval; the question itself when the model fails or rambles."""
+    transcript = "\n".join(f"{turn.role}: {turn.content[:500]}" for turn in recent[-4:])
+    try:
+        answer = chat_model_for(llm).invoke(
+            [SystemMessage(prompts.REWRITE_SYSTEM), HumanMessage(f"{transcript}\nuser: {question}")],
+            max_tokens=REWRITE_MAX_TOKENS,
+        )
+    except Exception:  # retrieval must not fail because the rewrite did
+        logger.warning("query rewrite failed; searching with the question as asked", exc_info=True)
+        return question
+    rewritten = str(answer.content).strip().splitlines()[0] if str(answer.content).strip() else ""
+    return rewritten if 3 <= len(rewritten) <= 4 * len(question) + 200 else question
+
+
+def _source(index: int, hit: Hit) -> dict[str, Any]:
+    return {
+        "index": index,
+        "chunk_id": hit.chunk_id,
+        "document_id": hit.document_id,
+        "document_name": hit.document_name,
+        "knowledge_base_id": hit.knowledge_base_id,
+        "snippet": hit.text[:SNIPPET_CHARS],
+        "score": hit.score,
+        "metadata": hit.metadata,
+        "cited": False,
+    }
+
+
+def turn_prepare(*, conversation: Conversation, author: User, content: str, regenerate: bool = False) -> PreparedTurn:
+    """Save the question (or reuse the last one to regenerate), retrieve, build the prompt, and
+    create the assistant's message in `streaming` state."""
+    conversation = Conversation.objects.select_related("assistant__llm__provider", "team").get(pk=conversation.pk)
+    assistant = conversation.assistant
+    quota_check(team=conversation.team, user=author)
+    if regenerate:
+        last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-pk").first()
+        if last_user is None:
+            raise ChatError("there is no question to answer again")
+        conversation.messages.filter(role=Message.Role.ASSISTANT, pk__gt=last_user.pk).delete()
+        question = last_user
+    else:
+        if not content.strip():
+            raise ChatError("the message is empty: write something")
+        question = Message.objects.create(
+            conversation=conversation, role=Message.Role.USER, author=author, content=content
+        )
+    history = _history(conversation, before_id=question.pk)
+    recent = history[-recent_window(history, assistant.recent_tokens) :] if history else []
+    knowledge_bases = list(assistant.knowledge_bases.select_related("embedding_model__provider"))
+    if conversation.file_knowledge_base is not None:
+        knowledge_bases.append(conversation.file_knowledge_base)
+    query = question.content
+    hits: list[Hit] = []
+    if knowledge_bases:
+        if recent:
+            query = _rewrite(assistant.llm, recent, question.content)
+        hits = kb_search(
+            knowledge_bases=knowledge_bases,
+            request=SearchRequest(
+                query=query[:2000],
+                top_k=assistant.top_k,
+                mode=assistant.retrieval_mode,
+                score_threshold=assistant.score_threshold,
+                rerank_model=assistant.rerank_model,
+            ),
+        )
+    sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
+    system = assistant.system_prompt
+    if sources:
+        numbered = "\n\n".join(f"[{source['index']}] ({source['document_name']}) {hit.text}"
+                               for source, hit in zip(sources, hits, strict=True))  # fmt: skip
+        system = f"{system}\n\n{prompts.ANSWER_WITH_SOURCES.format(sources=numbered)}"
+    prompt: list[BaseMessage] = [SystemMessage(system)]
+    if conversation.summary:
+        prompt.append(SystemMessage(prompts.SUMMARY_IN_PROMPT.format(summary=conversation.summary)))
+    for turn in recent:
+        text = trim_to_budget(turn.content, assistant.recent_tokens)
+        prompt.append(HumanMessage(text) if turn.role == Message.Role.USER else AIMessage(text))
+    prompt.append(HumanMessage(trim_to_budget(question.content, assistant.recent_tokens)))
+    answer = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.ASSISTANT,
+        status=MessageStatus.STREAMING,
+        citations=sources,
+        retrieval_query=query if knowledge_bases else "",
+        model_name=assistant.llm.name,
+    )
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    return PreparedTurn(
+        conversation_id=conversation.pk,
+        team_id=conversation.team_id,
+        user_id=author.pk,
+        assistant_message_id=answer.pk,
+        llm=assistant.llm,
+        prompt=prompt,
+        sources=sources,
+        max_tokens=assistant.max_answer_tokens,
+        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits else None,
+    )
+
+
+def mark_citations(sources: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
+    """Flag the sources the answer cites as [n]; numbers outside the given sources are ignored."""
+    cited = {int(number) for number in CITATION.findall(answer)}
+    return [{**source, "cited": source["index"] in cited} for source in sources]
+
+
+def turn_finish(
+    *,
+    turn: PreparedTurn,
+    content: str,
+    status: str,
+    error: str = "",
+    time_to_first_token_ms: int | None = None,
+    total_ms: int | None = None,
+    completion_tokens: int | None = None,
+    prompt_tokens: int | None = None,
+) -> Message:
+    """Save the answer as it ended (complete, stopped, failed), meter usage, and schedule the
+    summary and title work."""
+    tokens_out = completion_tokens if completion_tokens is not None else estimate_tokens(content)
+    tokens_in = prompt_tokens if prompt_tokens is not None else turn.prompt_tokens
+    called_model = turn.canned_answer is None and status != MessageStatus.FAILED
+    Message.objects.filter(pk=turn.assistant_message_id).update(
+        content=content,
+        status=status,
+        error=error,
+        citations=mark_citations(turn.sources, content),
+        prompt_tokens=tokens_in if called_model else 0,
+        completion_tokens=tokens_out if called_model else 0,
+        time_to_first_token_ms=time_to_first_token_ms,
+        total_ms=total_ms,
+    )
+    if called_model:
+        usage_record(
+            team_id=turn.team_id, user_id=turn.user_id, model_name=turn.llm.name, tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )  # fmt: skip
+    if status != MessageStatus.FAILED:
+        transaction.on_commit(lambda: _after_turn(turn.conversation_id))
+    return Message.objects.get(pk=turn.assistant_message_id)
+
+
+def _after_turn(conversation_id: int) -> None:
+    from chat.tasks import summarize, title
+
+    conversation = Conversation.objects.select_related("assistant").get(pk=conversation_id)
+    history = _history(conversation, before_id=2**62)
+    if sum(estimate_tokens(turn.content) + 4 for turn in history) > conversation.assistant.recent_tokens:
+        summarize.delay(conversation_id)
+    if not conversation.title:
+        title.delay(conversation_id)
+
+
+def turn_answer(*, turn: PreparedTurn) -> Message:
+    """The whole answer at once (the non-streaming API): 503 when the model is down, nothing half-saved."""
+    started = timezone.now()
+    if turn.canned_answer is not None:
+        return turn_finish(turn=turn, content=turn.canned_answer, status=MessageStatus.COMPLETE, total_ms=0)
+    try:
+        answer = chat_model_for(turn.llm).invoke(turn.prompt, max_tokens=turn.max_tokens)
+    except Exception as exc:
+        Message.objects.filter(pk=turn.assistant_message_id).delete()
+        raise ModelUnavailable(
+            f"the model {turn.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
+        ) from exc
+    usage = getattr(answer, "usage_metadata", None) or {}
+    elapsed = int((timezone.now() - started).total_seconds() * 1000)
+    return turn_finish(
+        turn=turn, content=str(answer.content), status=MessageStatus.COMPLETE, total_ms=elapsed,
+        time_to_first_token_ms=elapsed, completion_tokens=usage.get("output_tokens"),
+        prompt_tokens=usage.get("input_tokens"),
+    )  # fmt: skip
+
+
+# --- memory and titles (Celery, llm queue) -----------------------------------------------------
+
+
+def conversation_summarize(*, conversation_id: int) -> bool:
+    """Fold the turns older than the recent window into the running summary. The row lock makes
+    two runs at once safe: the second finds nothing left to fold. True when it folded."""
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.select_for_update().select_related("assistant__llm__provider")
+            .filter(pk=conversation_id).first()
+        )  # fmt: skip
+        if conversation is None:
+            return False
+        history = _history(conversation, before_id=2**62)
+        keep = recent_window(history, conversation.assistant.recent_tokens // 2)
+        fold = history[: len(history) - keep]
+        if not fold:
+            return False
+        words = max(40, conversation.assistant.summary_tokens * 3 // 4)
+        turns = "\n".join(f"{turn.role}: {turn.content}" for turn in fold)
+        existing = conversation.summary or "(none yet)"
+        answer = chat_model_for(conversation.assistant.llm).invoke(
+            [SystemMessage(prompts.SUMMARY_SYSTEM.format(words=words)),
+             HumanMessage(f"Existing summary:\n{existing}\n\nNew turns:\n{turns}")],
+            max_tokens=conversation.assistant.summary_tokens,
+        )  # fmt: skip
+        summary = str(answer.content).strip() or conversation.summary
+        conversation.summary = trim_to_budget(summary, conversation.assistant.summary_tokens)
+        conversation.summarized_up_to = fold[-1].pk
+        conversation.save(update_fields=["summary", "summarized_up_to", "updated_at"])
+    return True
+
+
+def conversation_title(*, conversation_id: int) -> None:
+    conversation = Conversation.objects.select_related("assistant__llm__provider").filter(pk=conversation_id).first()
+    if conversation is None or conversation.title:
+        return
+    first = conversation.messages.filter(role=Message.Role.USER).order_by("pk").first()
+    if first is None:
+        return
+    fallback = first.content.strip().splitlines()[0][:60] if first.content.strip() else "Conversation"
+    try:
+        answer = chat_model_for(conversation.assistant.llm).invoke(
+            [SystemMessage(prompts.TITLE_SYSTEM), HumanMessage(first.content[:1000])], max_tokens=16
+        )
+        proposed = str(answer.content).strip().strip('"').splitlines()[0][:80] if str(answer.content).strip() else ""
+    except Exception:  # a title is a nicety: fall back to the question's start
+        logger.warning("title generation failed for conversation %s", conversation_id, exc_info=True)
+        proposed = ""
+    Conversation.objects.filter(pk=conversation_id, title="").update(title=proposed or fallback)
