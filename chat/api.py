@@ -38,8 +38,7 @@ from chat.streaming import event_stream_response, request_stop
 from chatplatform.domain_errors import DomainError
 from chatplatform.pagination import IdCursorPagination
 from kb.models import KnowledgeBase
-from kb.services import documents_add
-from kb.uploads import receive, workdir
+from kb.services import documents_upload
 
 MAX_MESSAGE_CHARS = 32_000
 
@@ -166,13 +165,7 @@ class ConversationViewSet(
         if not uploads:
             raise exceptions.ValidationError({"file": "Attach one or more files in the multipart field `file`."})
         kb = conversation_files_kb(conversation=conversation)
-        with workdir() as scratch:
-            accepted, rejected = [], []
-            for upload in uploads:
-                files, refusals = receive(upload, upload.name or "unnamed", scratch)
-                accepted.extend(files)
-                rejected.extend(refusals)
-            result = documents_add(kb=kb, files=accepted, rejected=rejected)
+        result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
         documents = [{"id": d.pk, "original_name": d.original_name, "status": d.status}
                      for d in [*result.created, *result.duplicates]]  # fmt: skip
         rejected_body = [{"name": item.name, "reason": item.reason} for item in result.rejected]

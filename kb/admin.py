@@ -15,8 +15,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
-from kb.services import document_reindex, documents_add
-from kb.uploads import receive, workdir
+from kb.services import document_reindex, documents_upload
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -50,13 +49,8 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         if not self.has_change_permission(request, kb):
             raise PermissionDenied
         if request.method == "POST":
-            with workdir() as scratch:
-                accepted, rejected = [], []
-                for upload in request.FILES.getlist("upload"):
-                    files, refusals = receive(upload, upload.name or "unnamed", scratch)
-                    accepted.extend(files)
-                    rejected.extend(refusals)
-                result = documents_add(kb=kb, files=accepted, rejected=rejected)
+            uploads = request.FILES.getlist("upload")
+            result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
             self.message_user(request, f"{len(result.created)} queued, {len(result.duplicates)} already present.")
             for refusal in result.rejected:
                 self.message_user(request, f"Refused {refusal.name}: {refusal.reason}", messages.ERROR)

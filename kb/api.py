@@ -23,13 +23,12 @@ from kb.retrieval import MODES, SearchRequest, kb_search
 from kb.services import (
     document_delete,
     document_reindex,
-    documents_add,
+    documents_upload,
     kb_create,
     kb_delete,
     kb_rebuild,
     kb_update,
 )
-from kb.uploads import receive, workdir
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 
@@ -164,13 +163,7 @@ class KnowledgeBaseViewSet(
         uploads = request.FILES.getlist("file")
         if not uploads:
             raise ValidationError({"file": "Attach one or more files in the multipart field `file`."})
-        with workdir() as scratch:
-            accepted, rejected = [], []
-            for upload in uploads:
-                files, refusals = receive(upload, upload.name or "unnamed", scratch)
-                accepted.extend(files)
-                rejected.extend(refusals)
-            result = documents_add(kb=kb, files=accepted, rejected=rejected)
+        result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
         body = {
             "documents": DocumentSerializer(result.created, many=True).data,
             "duplicates": DocumentSerializer(result.duplicates, many=True).data,

@@ -13,6 +13,7 @@ import io
 import json
 import posixpath
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -310,9 +311,12 @@ def parse_html(path: Path, original_name: str) -> Iterator[Section]:
 
 def html_sections(markup: str, metadata: dict[str, Any]) -> Iterator[Section]:
     """Text between headings, each with its heading path; scripts, styles and navigation dropped."""
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 
-    soup = BeautifulSoup(markup, "lxml")
+    with warnings.catch_warnings():
+        # XHTML (EPUB chapters, Debian's docs) parses fine as HTML; the warning is noise.
+        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+        soup = BeautifulSoup(markup, "lxml")
     for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
         tag.decompose()
     root = soup.body or soup

@@ -8,11 +8,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import openai
 from django.conf import settings
@@ -26,7 +26,7 @@ from kb import fulltext
 from kb.models import ACTIVE_STATUSES, Document, DocumentStatus, KnowledgeBase, Splitter
 from kb.parsing import ParseError, UnsupportedFile, parse
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
-from kb.uploads import IncomingFile, Rejection
+from kb.uploads import IncomingFile, Rejection, receive, workdir
 from kb.vector_indexes import ensure_vector_index, vector_type
 from models_registry.credentials import CredentialsUnreadable
 from models_registry.langchain_models import embeddings_for
@@ -232,6 +232,18 @@ def documents_add(*, kb: KnowledgeBase, files: Sequence[IncomingFile], rejected:
     if result.created:
         transaction.on_commit(_dispatch_soon)
     return result
+
+
+def documents_upload(*, kb: KnowledgeBase, uploads: Iterable[tuple[IO[bytes], str]]) -> AddResult:
+    """Files as they arrive (stream, name): checked, typed, archives expanded, then added."""
+    accepted: list[IncomingFile] = []
+    rejected: list[Rejection] = []
+    with workdir() as scratch:
+        for stream, name in uploads:
+            files, refusals = receive(stream, name or "unnamed", scratch)
+            accepted.extend(files)
+            rejected.extend(refusals)
+        return documents_add(kb=kb, files=accepted, rejected=rejected)
 
 
 def document_reindex(*, document: Document) -> Document:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import ProtectedError
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -16,6 +16,7 @@ from accounts.api import TeamScopedViewSet
 from accounts.models import Role
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
+from models_registry.providers.xinference import XinferenceClient
 from models_registry.selectors import team_providers
 from models_registry.services import (
     provider_create,
@@ -42,6 +43,11 @@ class ProviderSerializer(serializers.ModelSerializer):
         model = Provider
         fields = ["id", "team", "name", "kind", "endpoint", "api_key", "has_credentials", "is_embedded", "created_at"]
         read_only_fields = ["is_embedded", "created_at"]
+
+
+class FamilySerializer(serializers.Serializer):
+    model_name = serializers.CharField()
+    is_builtin = serializers.BooleanField()
 
 
 class RemoteModelSerializer(serializers.Serializer):
@@ -98,6 +104,24 @@ class ProviderViewSet(
         provider = self.get_object()
         models = client_for(provider).running_models()
         return Response(RemoteModelSerializer(models, many=True).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("kind", enum=["llm", "embedding", "rerank"], default="llm")],
+        responses=FamilySerializer(many=True),
+    )
+    @action(detail=True, methods=["get"])
+    def families(self, request: Request, pk: str | None = None) -> Response:
+        """Xinference only: the built-in and custom model families of one kind, to launch from."""
+        provider = self.get_object()
+        kind = request.query_params.get("kind", "llm")
+        if kind not in ("llm", "embedding", "rerank"):
+            raise ValidationError({"kind": "Choose llm, embedding or rerank."})
+        client = client_for(provider)
+        if not isinstance(client, XinferenceClient):
+            raise ValidationError({"detail": "Only Xinference providers have model families to launch."})
+        families = [{"model_name": family["model_name"], "is_builtin": bool(family.get("is_builtin"))}
+                    for family in client.families(kind)]  # fmt: skip
+        return Response(FamilySerializer(families, many=True).data)
 
 
 class ModelEventSerializer(serializers.ModelSerializer):

@@ -4,6 +4,7 @@ a registration edited since is rebuilt, because its `updated_at` is part of the 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -24,12 +25,21 @@ MAX_RETRIES = 2
 NO_KEY = "not-needed"
 
 T = TypeVar("T")
-_cache: dict[tuple[str, int, datetime], Any] = {}
+_cache: dict[tuple[str, int, datetime, int], Any] = {}
 _cache_lock = threading.Lock()
 
 
+def _event_loop_id() -> int:
+    """The async HTTP clients inside these objects belong to the event loop they first ran on;
+    a process with one loop (uvicorn) shares one object, a new loop gets its own."""
+    try:
+        return id(asyncio.get_running_loop())
+    except RuntimeError:
+        return 0
+
+
 def _cached(registration: ModelRegistration, role: str, build: Callable[[], T]) -> T:
-    key = (role, registration.pk, registration.updated_at)
+    key = (role, registration.pk, registration.updated_at, _event_loop_id())
     with _cache_lock:
         if key not in _cache:
             _cache[key] = build()

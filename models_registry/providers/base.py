@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -10,6 +11,7 @@ import httpx
 from chatplatform.domain_errors import DomainError
 
 DEFAULT_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 60.0
 
 
 class ProviderError(DomainError):
@@ -96,6 +98,29 @@ class HttpProvider:
         if response.is_error:
             raise ProviderRefused(self.endpoint, response.status_code, error_message(response))
         return response.json() if response.content else None
+
+    def probe(self, *, uid: str, kind: str) -> ProbeResult:
+        """One real call through the OpenAI-compatible API: a short chat or an embedding."""
+        started = time.perf_counter()
+        if kind == "llm":
+            body = self.request(
+                "POST",
+                "/v1/chat/completions",
+                json={"model": uid, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 8},
+                timeout=PROBE_TIMEOUT_S,
+            )
+            detail = f"answered {body['choices'][0]['message']['content']!r}"
+        elif kind == "embedding":
+            body = self.request(
+                "POST", "/v1/embeddings", json={"model": uid, "input": ["ping"]}, timeout=PROBE_TIMEOUT_S
+            )
+            detail = f"returned a {len(body['data'][0]['embedding'])}-dimensional embedding"
+        else:
+            detail = self.probe_other(uid=uid, kind=kind)
+        return ProbeResult(ok=True, detail=detail, duration_ms=int((time.perf_counter() - started) * 1000))
+
+    def probe_other(self, *, uid: str, kind: str) -> str:
+        raise ProviderUnsupported(f"{self.endpoint} offers no {kind} call to test")
 
 
 def error_message(response: httpx.Response) -> str:

@@ -3,10 +3,9 @@ a fixed set of models, so the platform lists and tests them but cannot launch or
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from models_registry.providers.base import HttpProvider, ProbeResult, ProviderUnsupported, RemoteModel
+from models_registry.providers.base import HttpProvider, ProviderUnsupported, RemoteModel
 
 
 class OpenAICompatibleClient(HttpProvider):
@@ -26,19 +25,5 @@ class OpenAICompatibleClient(HttpProvider):
             "start or stop models on that server"
         )
 
-    def probe(self, *, uid: str, kind: str) -> ProbeResult:
-        started = time.perf_counter()
-        if kind == "embedding":
-            body = self.request("POST", "/v1/embeddings", json={"model": uid, "input": ["ping"]}, timeout=60)
-            detail = f"returned a {len(body['data'][0]['embedding'])}-dimensional embedding"
-        elif kind == "llm":
-            body = self.request(
-                "POST",
-                "/v1/chat/completions",
-                json={"model": uid, "messages": [{"role": "user", "content": "Say OK."}], "max_tokens": 8},
-                timeout=60,
-            )
-            detail = f"answered {body['choices'][0]['message']['content']!r}"
-        else:
-            raise ProviderUnsupported("OpenAI's API has no rerank call: register rerankers on Xinference")
-        return ProbeResult(ok=True, detail=detail, duration_ms=int((time.perf_counter() - started) * 1000))
+    def probe_other(self, *, uid: str, kind: str) -> str:
+        raise ProviderUnsupported("OpenAI's API has no rerank call: register rerankers on Xinference")

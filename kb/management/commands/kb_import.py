@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from kb.models import ACTIVE_STATUSES, Document, DocumentStatus, KnowledgeBase
-from kb.services import documents_add
-from kb.uploads import Rejection, receive, workdir
+from kb.services import documents_upload
+from kb.uploads import Rejection
 
 
 def knowledge_base_named(reference: str) -> KnowledgeBase:
@@ -46,14 +46,12 @@ class Command(BaseCommand):
         created: list[int] = []
         duplicates = 0
         rejected: list[Rejection] = []
-        with workdir() as scratch:
-            for path in tqdm(files, desc="upload", unit="file", file=self.stderr._out):
-                with open(path, "rb") as handle:
-                    accepted, refusals = receive(handle, path.name, scratch)
-                result = documents_add(kb=kb, files=accepted, rejected=refusals)
-                created.extend(document.pk for document in result.created)
-                duplicates += len(result.duplicates)
-                rejected.extend(result.rejected)
+        for path in tqdm(files, desc="upload", unit="file", file=self.stderr._out):
+            with open(path, "rb") as handle:
+                result = documents_upload(kb=kb, uploads=[(handle, path.name)])
+            created.extend(document.pk for document in result.created)
+            duplicates += len(result.duplicates)
+            rejected.extend(result.rejected)
         for refusal in rejected:
             self.stderr.write(f"rejected {refusal.name}: {refusal.reason}")
         self.stdout.write(f"{len(created)} new, {duplicates} already present, {len(rejected)} rejected")
