@@ -128,6 +128,7 @@ def main() -> None:
         stages = {stage: sum(d.stage_timings.get(stage, 0) for d in documents) for stage in
                   ("parse_s", "split_s", "embed_s", "store_s")}  # fmt: skip
         failed = [d.original_name for d in documents if d.status != "ready"]
+        log(f"platform: {len(files)} documents, {ours_chunks} chunks in {ours_s:.1f}s; stages {stages}")
 
         log("embedding the same chunks directly (the floor)")
         texts = list(Chunk.objects.filter(knowledge_base=kb).values_list("text", flat=True))
@@ -153,6 +154,7 @@ def main() -> None:
              str(queries_file), ",".join(map(str, SIZES))],
             capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout)  # fmt: skip
 
+        log(f"plain: {plain['chunks']} chunks in {plain['total_s']:.1f}s; floor {floor_s:.1f}s")
         log("chat: time to first token, platform versus a direct model call; then 50 concurrent streams")
         llm = registration_launch(registration=registration_create(
             provider=provider, kind="llm", name="SmolLM2", provider_model_uid=embedded_xinference.LLM_UID,

@@ -64,7 +64,17 @@ def _openai_base(registration: ModelRegistration) -> dict[str, Any]:
 
 def chat_model_for(registration: ModelRegistration) -> ChatOpenAI:
     _require(registration, ModelKind.LLM)
-    return _cached(registration, "chat", lambda: ChatOpenAI(**_openai_base(registration), streaming=True))
+    # An async HTTP client of its own: langchain-openai otherwise shares one process-wide, which
+    # breaks as soon as a second event loop (a test, a benchmark) uses it.
+    return _cached(
+        registration,
+        "chat",
+        lambda: ChatOpenAI(
+            **_openai_base(registration),
+            streaming=True,
+            http_async_client=httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S),
+        ),
+    )
 
 
 def embeddings_for(registration: ModelRegistration) -> OpenAIEmbeddings:
