@@ -106,16 +106,17 @@ class ProviderViewSet(
         return Response(RemoteModelSerializer(models, many=True).data)
 
     @extend_schema(
-        parameters=[OpenApiParameter("kind", enum=["llm", "embedding", "rerank"], default="llm")],
+        # Not `kind`: that name filters the providers themselves (filterset_fields).
+        parameters=[OpenApiParameter("model_kind", enum=["llm", "embedding", "rerank"], default="llm")],
         responses=FamilySerializer(many=True),
     )
     @action(detail=True, methods=["get"])
     def families(self, request: Request, pk: str | None = None) -> Response:
         """Xinference only: the built-in and custom model families of one kind, to launch from."""
         provider = self.get_object()
-        kind = request.query_params.get("kind", "llm")
+        kind = request.query_params.get("model_kind", "llm")
         if kind not in ("llm", "embedding", "rerank"):
-            raise ValidationError({"kind": "Choose llm, embedding or rerank."})
+            raise ValidationError({"model_kind": "Choose llm, embedding or rerank."})
         client = client_for(provider)
         if not isinstance(client, XinferenceClient):
             raise ValidationError({"detail": "Only Xinference providers have model families to launch."})

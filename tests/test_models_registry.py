@@ -267,8 +267,8 @@ def test_admin_creates_provider_and_registration_through_the_api(team, xinferenc
     assert created.status_code == 201, created.json()
     assert "api_key" not in created.json()
     assert created.json()["has_credentials"] is True
-    families = admin.get(f"/api/v1/providers/{created.json()['id']}/families/", {"kind": "llm"})
-    assert families.status_code == 200
+    families = admin.get(f"/api/v1/providers/{created.json()['id']}/families/", {"model_kind": "llm"})
+    assert families.status_code == 200, families.json()
     assert {"model_name": "qwen2.5-instruct", "is_builtin": True} in families.json()
     models = admin.post(f"/api/v1/providers/{created.json()['id']}/test/")
     assert models.status_code == 200

@@ -9,6 +9,7 @@ from django.conf import settings
 
 from models_registry.providers.base import HttpProvider, ProviderRefused, RemoteModel
 
+FAMILIES_TIMEOUT_S = 60.0
 # Our kinds and Xinference's model_type names.
 XINFERENCE_MODEL_TYPES = {"llm": "LLM", "embedding": "embedding", "rerank": "rerank"}
 KINDS_BY_MODEL_TYPE = {value: key for key, value in XINFERENCE_MODEL_TYPES.items()}
@@ -38,7 +39,9 @@ class XinferenceClient(HttpProvider):
 
     def families(self, kind: str) -> list[dict[str, Any]]:
         """Built-in and custom model families of one kind: [{"model_name", "is_builtin"}]."""
-        return list(self.request("GET", f"/v1/model_registrations/{XINFERENCE_MODEL_TYPES[kind]}"))
+        # Hundreds of built-in families: slower than the other calls on a busy server.
+        path = f"/v1/model_registrations/{XINFERENCE_MODEL_TYPES[kind]}"
+        return list(self.request("GET", path, timeout=FAMILIES_TIMEOUT_S))
 
     def is_registered(self, *, kind: str, model_name: str) -> bool:
         return any(family["model_name"] == model_name for family in self.families(kind))
