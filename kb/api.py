@@ -157,8 +157,9 @@ class KnowledgeBaseViewSet(
         kb = self.get_object()
         if request.method == "GET":
             documents = Document.objects.filter(knowledge_base=kb)
-            page = IdCursorPagination().paginate_queryset(documents, request, view=self)
-            return IdCursorPagination().get_paginated_response(DocumentSerializer(page, many=True).data)
+            paginator = IdCursorPagination()
+            page = paginator.paginate_queryset(documents, request, view=self)
+            return paginator.get_paginated_response(DocumentSerializer(page, many=True).data)
         self.require_role(kb.team_id, Role.MEMBER)
         uploads = request.FILES.getlist("file")
         if not uploads:

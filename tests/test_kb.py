@@ -125,6 +125,9 @@ def test_a_reupload_is_a_duplicate_that_adds_nothing(setup) -> None:
     assert again.json()["documents"] == []
     assert [document["id"] for document in again.json()["duplicates"]] == [first["id"]]
     assert Document.objects.filter(knowledge_base=kb).count() == 1
+    listed = client.get(f"/api/v1/knowledge-bases/{kb.pk}/documents/")
+    assert listed.status_code == 200
+    assert [document["id"] for document in listed.json()["results"]] == [first["id"]]
     assert Chunk.objects.count() == chunks_before
     assert Document.objects.get(pk=first["id"]).attempts == 1  # no second ingestion, no embedding call
 
