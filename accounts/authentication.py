@@ -7,6 +7,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
 from accounts.models import ApiKey, User
+from accounts.rate_limits import rate_limit_check
 from accounts.selectors import api_key_get_active
 from accounts.services import api_key_mark_used
 
@@ -32,6 +33,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise AuthenticationFailed(
                 "Invalid, expired or revoked API key: create a new one with `python manage.py create_api_key`."
             )
+        rate_limit_check(key)
         api_key_mark_used(key=key)
         return key.user, key
 

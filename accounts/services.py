@@ -38,8 +38,23 @@ def team_create(*, name: str, owner: User, slug: str = "") -> Team:
 
 @transaction.atomic
 def membership_set(*, team: Team, user: User, role: Role) -> Membership:
+    _refuse_losing_last_owner(team=team, user=user, new_role=role)
     membership, _created = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
     return membership
+
+
+@transaction.atomic
+def membership_remove(*, team: Team, user: User) -> None:
+    _refuse_losing_last_owner(team=team, user=user, new_role=None)
+    Membership.objects.filter(team=team, user=user).delete()
+    # The user's keys acted in this team only: they stop working with the membership.
+    ApiKey.objects.filter(team=team, user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def _refuse_losing_last_owner(*, team: Team, user: User, new_role: Role | None) -> None:
+    owners = Membership.objects.select_for_update().filter(team=team, role=Role.OWNER)
+    if new_role != Role.OWNER and list(owners.values_list("user_id", flat=True)) == [user.pk]:
+        raise AccountsError("this is the team's last owner: make someone else owner first")
 
 
 @transaction.atomic
@@ -50,6 +65,7 @@ def api_key_create(
     name: str,
     scopes: Sequence[str] | None = None,
     expires_at: datetime | None = None,
+    rate_limit_per_minute: int | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key and its secret; the secret exists only in the return value."""
     if not Membership.objects.filter(user=user, team=team).exists():
@@ -69,6 +85,7 @@ def api_key_create(
         key_hash=api_key_hash(secret),
         scopes=chosen_scopes,
         expires_at=expires_at,
+        rate_limit_per_minute=rate_limit_per_minute,
     )
     return key, secret
 

@@ -11,18 +11,19 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import exceptions, mixins, serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
+from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import TeamScopedViewSet
+from accounts.api import TeamScopedModelViewSet
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, User
-from accounts.selectors import team_scoped
+from accounts.selectors import team_ids_for, team_scoped
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.services import (
     assistant_create,
@@ -35,7 +36,9 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop
+from chatplatform.async_views import stream_or_rest
 from chatplatform.domain_errors import DomainError
+from chatplatform.errors import api_error_response
 from chatplatform.pagination import IdCursorPagination
 from kb.models import KnowledgeBase
 from kb.services import documents_upload
@@ -58,10 +61,7 @@ class AssistantSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
-class AssistantViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin, TeamScopedViewSet,
-):  # fmt: skip
+class AssistantViewSet(TeamScopedModelViewSet):
     queryset = Assistant.objects.prefetch_related("knowledge_bases")
     serializer_class = AssistantSerializer
     action_roles = {action: Role.ADMIN for action in ("update", "partial_update", "destroy")}
@@ -122,13 +122,11 @@ def visible_conversations(
     return team_scoped(queryset, user=user, api_key=api_key).filter(Q(owner=user) | Q(is_room=True))
 
 
-class ConversationViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin, TeamScopedViewSet,
-):  # fmt: skip
+class ConversationViewSet(TeamScopedModelViewSet):
     queryset = Conversation.objects.select_related("assistant")
     serializer_class = ConversationSerializer
     filterset_fields = ["team", "assistant", "is_room"]
+    action_roles = {"files": Role.MEMBER, "stop": Role.MEMBER}
 
     def get_queryset(self) -> QuerySet[Conversation]:
         return visible_conversations(Conversation.objects.select_related("assistant"), self.request.user, self.api_key)
@@ -192,9 +190,16 @@ class MessageInputSerializer(serializers.Serializer):
     stream = serializers.BooleanField(default=False)
 
 
-class ConversationMessagesView(APIView):
-    """GET the messages (cursor pagination); POST a question and get the answer (`stream: false`)."""
+class ConversationMessagesView(GenericAPIView[Message]):
+    """GET the messages (cursor pagination); POST a question and get the answer, or with
+    `"stream": true` (or `Accept: text/event-stream`) Server-Sent Events: `sources`, `token`,
+    `usage`, `error`, `done`."""
 
+    serializer_class = MessageSerializer
+    pagination_class = IdCursorPagination
+    queryset = Message.objects.none()  # for the schema; rows come from conversation_for()
+
+    @extend_schema(responses=MessageSerializer(many=True))
     def get(self, request: Request, pk: int) -> Response:
         conversation = conversation_for(request, pk)
         paginator = IdCursorPagination()
@@ -227,13 +232,26 @@ def acting_user(request: Request) -> User:
 
 
 def conversation_for(request: Request, pk: int, scope: str | None = None) -> Conversation:
+    """A conversation the caller sees; asking for the `chat` scope also needs the member role
+    (viewers read rooms, they do not write in them)."""
     api_key = request.auth if isinstance(request.auth, ApiKey) else None
     if api_key is not None and scope is not None and scope not in api_key.scopes and Scope.ADMIN not in api_key.scopes:
         raise exceptions.PermissionDenied(f"This API key lacks the {scope!r} scope: create a key with it.")
     conversation = visible_conversations(Conversation.objects.all(), request.user, api_key).filter(pk=pk).first()
     if conversation is None:
         raise exceptions.NotFound("No such conversation.")
+    if scope == Scope.CHAT:
+        require_member(request, conversation.team_id)
     return conversation
+
+
+def require_member(request: Request, team_id: int) -> None:
+    api_key = request.auth if isinstance(request.auth, ApiKey) else None
+    members = team_ids_for(user=request.user, api_key=api_key, minimum_role=Role.MEMBER)
+    if not members.filter(team_id=team_id).exists():
+        raise exceptions.PermissionDenied(
+            "Viewers cannot chat or give feedback: ask a team admin to make you a member."
+        )
 
 
 class FeedbackSerializer(serializers.Serializer):
@@ -249,6 +267,7 @@ class FeedbackView(APIView):
         message = Message.objects.filter(pk=pk, conversation__in=conversations).first()
         if message is None:
             raise exceptions.NotFound("No such message.")
+        require_member(request, message.conversation.team_id)
         data = FeedbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         message = message_feedback(message=message, value=data.validated_data["value"],
@@ -270,7 +289,7 @@ def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> 
     try:
         user = drf_request.user
     except exceptions.APIException as exc:
-        return _error(exc.status_code, "not_authenticated", str(exc.detail))
+        return api_error_response(exc)
     if user is None or not user.is_authenticated:
         return _error(401, "not_authenticated", "Authentication credentials were not provided.")
     try:
@@ -287,7 +306,7 @@ def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> 
         assert isinstance(user, User)
         return turn_prepare(conversation=conversation, author=user, content=content or "", regenerate=regenerate)
     except exceptions.APIException as exc:
-        return _error(exc.status_code, str(exc.get_codes()), str(exc.detail))
+        return api_error_response(exc)
     except DomainError as exc:
         return _error(exc.status_code, exc.code, str(exc))
 
@@ -302,17 +321,17 @@ def _wants_stream(request: HttpRequest) -> bool:
     return isinstance(body, dict) and body.get("stream") is True
 
 
-async def conversation_messages(request: HttpRequest, pk: int) -> HttpResponseBase:
-    """POST with `"stream": true` (or Accept: text/event-stream) answers as Server-Sent Events;
-    everything else is the plain REST view."""
-    if request.method == "POST" and _wants_stream(request):
-        prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, False)
-        return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
-    return await sync_to_async(ConversationMessagesView.as_view())(request, pk=pk)
+async def _stream_answer(request: HttpRequest, pk: int) -> HttpResponseBase:
+    prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, False)
+    return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
 
 
-async def conversation_regenerate(request: HttpRequest, pk: int) -> HttpResponseBase:
-    if request.method == "POST" and _wants_stream(request):
-        prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, True)
-        return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
-    return await sync_to_async(RegenerateView.as_view())(request, pk=pk)
+async def _stream_regenerated(request: HttpRequest, pk: int) -> HttpResponseBase:
+    prepared = await sync_to_async(_prepare_streaming_turn)(request, pk, True)
+    return prepared if isinstance(prepared, HttpResponse) else event_stream_response(prepared)
+
+
+# POST with `"stream": true` (or Accept: text/event-stream) answers as Server-Sent Events;
+# everything else is the plain REST view.
+conversation_messages = stream_or_rest(ConversationMessagesView, _wants_stream, _stream_answer)
+conversation_regenerate = stream_or_rest(RegenerateView, _wants_stream, _stream_regenerated)

@@ -10,9 +10,12 @@ from typing import Protocol
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
-class Turn(Protocol):
-    role: str
-    content: str
+class TurnLike(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
 
 
 def estimate_tokens(text: str) -> int:
@@ -22,7 +25,7 @@ def estimate_tokens(text: str) -> int:
     return cjk + math.ceil((len(text) - cjk) / 4)
 
 
-def recent_window(turns: Sequence[Turn], budget: int) -> int:
+def recent_window(turns: Sequence[TurnLike], budget: int) -> int:
     """How many of the newest turns fit in `budget` tokens (at least the newest one)."""
     used = 0
     count = 0

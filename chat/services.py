@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -22,6 +22,8 @@ from chat import prompts
 from chat.memory import estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chatplatform.domain_errors import DomainError
+from integrations.models import WebhookEvent
+from integrations.services import webhook_emit
 from kb.models import KnowledgeBase
 from kb.retrieval import Hit, SearchRequest, kb_search
 from models_registry.langchain_models import chat_model_for
@@ -87,7 +89,14 @@ def assistant_default_for(*, team: Team) -> Assistant:
 def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_room: bool = False) -> Conversation:
     if assistant.team_id != team.pk:
         raise ChatError("the assistant belongs to another team")
-    return Conversation.objects.create(team=team, owner=owner, assistant=assistant, is_room=is_room)
+    conversation = Conversation.objects.create(team=team, owner=owner, assistant=assistant, is_room=is_room)
+    webhook_emit(
+        team_id=team.pk,
+        event=WebhookEvent.CONVERSATION_CREATED,
+        payload={"conversation_id": conversation.pk, "assistant_id": assistant.pk, "owner_id": owner.pk,
+                 "is_room": is_room},
+    )  # fmt: skip
+    return conversation
 
 
 def conversation_files_kb(*, conversation: Conversation) -> KnowledgeBase:
@@ -164,21 +173,37 @@ def usage_record(*, team_id: int, user_id: int, model_name: str, tokens_in: int,
 # --- a turn -----------------------------------------------------------------------------------
 
 
-@dataclass
-class PreparedTurn:
-    conversation_id: int
+@dataclass(kw_only=True)
+class AnswerPlan:
+    """What the model is asked and with which sources; shared by conversations and the stateless
+    OpenAI-compatible API."""
+
     team_id: int
     user_id: int
-    assistant_message_id: int
     llm: ModelRegistration
     prompt: list[BaseMessage]
     sources: list[dict[str, Any]]
     max_tokens: int
+    retrieval_query: str = ""
     canned_answer: str | None = None  # said instead of calling the model (nothing found)
 
     @property
     def prompt_tokens(self) -> int:
         return sum(estimate_tokens(str(message.content)) + 4 for message in self.prompt)
+
+
+@dataclass(kw_only=True)
+class PreparedTurn(AnswerPlan):
+    conversation_id: int
+    assistant_message_id: int
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier turn of a conversation, from the database or from an API request."""
+
+    role: str  # "user" or "assistant"
+    content: str
 
 
 def _history(conversation: Conversation, before_id: int) -> list[Message]:
@@ -191,7 +216,7 @@ def _history(conversation: Conversation, before_id: int) -> list[Message]:
     )
 
 
-def _rewrite(llm: ModelRegistration, recent: list[Message], question: str) -> str:
+def _rewrite(llm: ModelRegistration, recent: list[Turn], question: str) -> str:
     """A standalone query for retrieval; the question itself when the model fails or rambles."""
     transcript = "\n".join(f"{turn.role}: {turn.content[:500]}" for turn in recent[-4:])
     try:
@@ -220,9 +245,64 @@ def _source(index: int, hit: Hit) -> dict[str, Any]:
     }
 
 
+def answer_plan(
+    *,
+    assistant: Assistant,
+    knowledge_bases: list[KnowledgeBase],
+    recent: list[Turn],
+    question: str,
+    summary: str,
+    team_id: int,
+    user_id: int,
+    extra_system: str = "",
+) -> AnswerPlan:
+    """Rewrite (when there is history) → retrieve → prompt: system prompt, running summary, recent
+    turns and the question, each within the assistant's budget, with numbered sources."""
+    query = question
+    hits: list[Hit] = []
+    if knowledge_bases:
+        if recent:
+            query = _rewrite(assistant.llm, recent, question)
+        hits = kb_search(
+            knowledge_bases=knowledge_bases,
+            request=SearchRequest(
+                query=query[:2000],
+                top_k=assistant.top_k,
+                mode=assistant.retrieval_mode,
+                score_threshold=assistant.score_threshold,
+                rerank_model=assistant.rerank_model,
+            ),
+        )
+    sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
+    system = assistant.system_prompt
+    if extra_system:
+        system = f"{system}\n\n{trim_to_budget(extra_system, assistant.recent_tokens)}"
+    if sources:
+        numbered = "\n\n".join(f"[{source['index']}] ({source['document_name']}) {hit.text}"
+                               for source, hit in zip(sources, hits, strict=True))  # fmt: skip
+        system = f"{system}\n\n{prompts.ANSWER_WITH_SOURCES.format(sources=numbered)}"
+    prompt: list[BaseMessage] = [SystemMessage(system)]
+    if summary:
+        prompt.append(SystemMessage(prompts.SUMMARY_IN_PROMPT.format(summary=summary)))
+    for turn in recent:
+        text = trim_to_budget(turn.content, assistant.recent_tokens)
+        prompt.append(HumanMessage(text) if turn.role == Message.Role.USER else AIMessage(text))
+    prompt.append(HumanMessage(trim_to_budget(question, assistant.recent_tokens)))
+    return AnswerPlan(
+        team_id=team_id,
+        user_id=user_id,
+        llm=assistant.llm,
+        prompt=prompt,
+        sources=sources,
+        max_tokens=assistant.max_answer_tokens,
+        retrieval_query=query if knowledge_bases else "",
+        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits else None,
+    )
+
+
 def turn_prepare(*, conversation: Conversation, author: User, content: str, regenerate: bool = False) -> PreparedTurn:
-    """Save the question (or reuse the last one to regenerate), retrieve, build the prompt, and
-    create the assistant's message in `streaming` state."""
+    """Save the question (or reuse the last one to regenerate), plan the answer, and create the
+    assistant's message in `streaming` state."""
     conversation = Conversation.objects.select_related("assistant__llm__provider", "team").get(pk=conversation.pk)
     assistant = conversation.assistant
     quota_check(team=conversation.team, user=author)
@@ -243,53 +323,28 @@ def turn_prepare(*, conversation: Conversation, author: User, content: str, rege
     knowledge_bases = list(assistant.knowledge_bases.select_related("embedding_model__provider"))
     if conversation.file_knowledge_base is not None:
         knowledge_bases.append(conversation.file_knowledge_base)
-    query = question.content
-    hits: list[Hit] = []
-    if knowledge_bases:
-        if recent:
-            query = _rewrite(assistant.llm, recent, question.content)
-        hits = kb_search(
-            knowledge_bases=knowledge_bases,
-            request=SearchRequest(
-                query=query[:2000],
-                top_k=assistant.top_k,
-                mode=assistant.retrieval_mode,
-                score_threshold=assistant.score_threshold,
-                rerank_model=assistant.rerank_model,
-            ),
-        )
-    sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
-    system = assistant.system_prompt
-    if sources:
-        numbered = "\n\n".join(f"[{source['index']}] ({source['document_name']}) {hit.text}"
-                               for source, hit in zip(sources, hits, strict=True))  # fmt: skip
-        system = f"{system}\n\n{prompts.ANSWER_WITH_SOURCES.format(sources=numbered)}"
-    prompt: list[BaseMessage] = [SystemMessage(system)]
-    if conversation.summary:
-        prompt.append(SystemMessage(prompts.SUMMARY_IN_PROMPT.format(summary=conversation.summary)))
-    for turn in recent:
-        text = trim_to_budget(turn.content, assistant.recent_tokens)
-        prompt.append(HumanMessage(text) if turn.role == Message.Role.USER else AIMessage(text))
-    prompt.append(HumanMessage(trim_to_budget(question.content, assistant.recent_tokens)))
+    plan = answer_plan(
+        assistant=assistant,
+        knowledge_bases=knowledge_bases,
+        recent=[Turn(role=turn.role, content=turn.content) for turn in recent],
+        question=question.content,
+        summary=conversation.summary,
+        team_id=conversation.team_id,
+        user_id=author.pk,
+    )
     answer = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         status=MessageStatus.STREAMING,
-        citations=sources,
-        retrieval_query=query if knowledge_bases else "",
+        citations=plan.sources,
+        retrieval_query=plan.retrieval_query,
         model_name=assistant.llm.name,
     )
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
     return PreparedTurn(
+        **{field.name: getattr(plan, field.name) for field in fields(AnswerPlan)},
         conversation_id=conversation.pk,
-        team_id=conversation.team_id,
-        user_id=author.pk,
         assistant_message_id=answer.pk,
-        llm=assistant.llm,
-        prompt=prompt,
-        sources=sources,
-        max_tokens=assistant.max_answer_tokens,
-        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits else None,
     )
 
 
@@ -332,7 +387,22 @@ def turn_finish(
         )  # fmt: skip
     if status != MessageStatus.FAILED:
         transaction.on_commit(lambda: _after_turn(turn.conversation_id))
-    return Message.objects.get(pk=turn.assistant_message_id)
+    message = Message.objects.get(pk=turn.assistant_message_id)
+    if status == MessageStatus.COMPLETE:
+        webhook_emit(team_id=turn.team_id, event=WebhookEvent.MESSAGE_COMPLETED, payload=_completed_payload(message))
+    return message
+
+
+def _completed_payload(message: Message) -> dict[str, Any]:
+    return {
+        "conversation_id": message.conversation_id,
+        "message_id": message.pk,
+        "content": message.content,
+        "model": message.model_name,
+        "citations": [source for source in message.citations if source.get("cited")],
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+    }
 
 
 def _after_turn(conversation_id: int) -> None:

@@ -2,18 +2,22 @@
 
 from rest_framework.routers import DefaultRouter
 
-from accounts.api import TeamViewSet
+from accounts.api import ApiKeyViewSet, TeamViewSet, UsageViewSet
 from chat.api import AssistantViewSet, ConversationViewSet
+from integrations.api import WebhookViewSet
 from kb.api import DocumentViewSet, KnowledgeBaseViewSet
 from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
 
 router = DefaultRouter()
 router.register("teams", TeamViewSet, basename="team")
+router.register("api-keys", ApiKeyViewSet, basename="api-key")
+router.register("usage", UsageViewSet, basename="usage")
 router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", ModelRegistrationViewSet, basename="model")
 router.register("knowledge-bases", KnowledgeBaseViewSet, basename="knowledge-base")
 router.register("documents", DocumentViewSet, basename="document")
 router.register("assistants", AssistantViewSet, basename="assistant")
 router.register("conversations", ConversationViewSet, basename="conversation")
+router.register("webhooks", WebhookViewSet, basename="webhook")
 
 urlpatterns = router.urls

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -41,4 +41,18 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         code = "invalid" if isinstance(exc, exceptions.ValidationError) else "error"
     details = response.data if isinstance(exc, exceptions.ValidationError) else {}
     response.data = {"error": {"code": code, "message": _message(response.data), "details": details}}
+    return response
+
+
+def api_error_response(exc: exceptions.APIException) -> JsonResponse:
+    """The same shape for the async entry points that answer outside DRF's exception handling."""
+    code = exc.get_codes()
+    response = JsonResponse(
+        {"error": {"code": code if isinstance(code, str) else "invalid", "message": _message(exc.detail),
+                   "details": {}}},
+        status=exc.status_code,
+    )  # fmt: skip
+    wait = getattr(exc, "wait", None)
+    if wait:
+        response["Retry-After"] = str(int(wait))
     return response

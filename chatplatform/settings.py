@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "models_registry",
     "kb",
     "chat",
+    "integrations",
     "workers",
 ]
 
@@ -134,6 +135,7 @@ CELERY_TASK_ROUTES = {
     "kb.*": {"queue": "ingest"},
     "chat.*": {"queue": "llm"},
     "models_registry.*": {"queue": "default"},
+    "integrations.*": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
     "kb-dispatch": {"task": "kb.dispatch", "schedule": 10.0, "options": {"expires": 10.0}},
@@ -180,7 +182,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"TeamRoleEnum": "accounts.models.Role", "MessageRoleEnum": "chat.models.Message.Role"},
 }
+
+# Requests per minute made with API keys, counted in Redis: per key and per team (a key or a
+# team may set its own). Signed-in browser sessions are not limited.
+API_RATE_LIMIT_KEY_PER_MINUTE = env.int("API_RATE_LIMIT_KEY_PER_MINUTE", default=120)
+API_RATE_LIMIT_TEAM_PER_MINUTE = env.int("API_RATE_LIMIT_TEAM_PER_MINUTE", default=600)
 
 ADMIN_PASSWORD = env.str("CHATPLATFORM_ADMIN_PASSWORD", default="")
 DEFAULT_TEAM_SLUG = "default"
@@ -216,6 +224,16 @@ KB_INGEST_MAX_IN_FLIGHT = env.int("KB_INGEST_MAX_IN_FLIGHT", default=2)
 # and the document is handed out again.
 KB_INGEST_LEASE_S = env.int("KB_INGEST_LEASE_S", default=120)
 KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=6)
+
+# --- outbound requests and webhooks ----------------------------------------------------------
+
+# Networks the server may connect to although they are loopback/private/link-local (the SSRF
+# guard, chatplatform.outbound): comma-separated CIDRs, e.g. "10.0.5.0/24,fd00:1::/64".
+OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
+WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+# Backoff between attempts: this many seconds, doubling (10, 20, 40, 80, 160 s by default).
+WEBHOOK_RETRY_BASE_S = env.float("WEBHOOK_RETRY_BASE_S", default=10.0)
 
 LOGGING = {
     "version": 1,

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.api import FeedbackView, conversation_messages, conversation_regenerate
@@ -9,15 +8,12 @@ from chatplatform.health import healthz
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    # Async entry points that stream (SSE); session users still pass DRF's CSRF check inside.
-    path("api/v1/conversations/<int:pk>/messages/", csrf_exempt(conversation_messages), name="conversation-messages"),
-    path(
-        "api/v1/conversations/<int:pk>/regenerate/",
-        csrf_exempt(conversation_regenerate),
-        name="conversation-regenerate",
-    ),
+    # Async entry points that stream (SSE) or answer as REST (chatplatform.async_views).
+    path("api/v1/conversations/<int:pk>/messages/", conversation_messages, name="conversation-messages"),
+    path("api/v1/conversations/<int:pk>/regenerate/", conversation_regenerate, name="conversation-regenerate"),
     path("api/v1/messages/<int:pk>/feedback/", FeedbackView.as_view(), name="message-feedback"),
     path("api/v1/", include("chatplatform.api_urls")),
+    path("v1/", include("integrations.openai_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
 ]

@@ -15,7 +15,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import TeamScopedViewSet
+from accounts.api import TeamScopedModelViewSet, TeamScopedViewSet
 from accounts.models import Role
 from chatplatform.pagination import IdCursorPagination
 from kb.models import Document, KnowledgeBase, Splitter
@@ -101,14 +101,7 @@ class UploadResultSerializer(serializers.Serializer):
 ADMIN_ACTIONS = {action: Role.ADMIN for action in ("update", "partial_update", "destroy", "rebuild")}
 
 
-class KnowledgeBaseViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin,
-    TeamScopedViewSet,
-):
+class KnowledgeBaseViewSet(TeamScopedModelViewSet):
     queryset = KnowledgeBase.objects.select_related("embedding_model__provider")
     serializer_class = KnowledgeBaseSerializer
     action_roles = {**ADMIN_ACTIONS}

@@ -22,6 +22,8 @@ from django.utils import timezone
 
 from accounts.models import Team
 from chatplatform.domain_errors import DomainError
+from integrations.models import WebhookEvent
+from integrations.services import webhook_emit
 from kb import fulltext
 from kb.models import ACTIVE_STATUSES, Document, DocumentStatus, KnowledgeBase, Splitter
 from kb.parsing import ParseError, UnsupportedFile, parse
@@ -402,11 +404,17 @@ def document_ingest(*, document: Document) -> None:
         else:
             reason = f"the embedding model {model.name} is not answering: {exc}"
         raise TransientIngestError(reason) from exc
-    Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
+    document_mark_ready(document=document, generation=generation, chunk_count=len(drafts), timings=timings)
+
+
+def document_mark_ready(*, document: Document, generation: int, chunk_count: int, timings: dict[str, float]) -> bool:
+    """The end of a successful ingestion (for the worker that still holds the document): ready,
+    and a `document.ready` webhook event. False when another worker took the document over."""
+    marked = Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
         status=DocumentStatus.READY,
         progress=100,
         error="",
-        chunk_count=len(drafts),
+        chunk_count=chunk_count,
         built_generation=generation,
         stage_timings=timings,
         dispatched_at=None,
@@ -414,7 +422,25 @@ def document_ingest(*, document: Document) -> None:
         lease_expires_at=None,
         updated_at=timezone.now(),
     )
-    kb_finish_rebuild_if_done(kb_id=kb.pk)
+    if marked:
+        _document_event(document, WebhookEvent.DOCUMENT_READY, chunk_count=chunk_count, error="")
+    kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
+    return bool(marked)
+
+
+def _document_event(document: Document, event: str, *, chunk_count: int, error: str) -> None:
+    webhook_emit(
+        team_id=document.team_id,
+        event=event,
+        payload={
+            "document_id": document.pk,
+            "knowledge_base_id": document.knowledge_base_id,
+            "name": document.original_name,
+            "status": DocumentStatus.READY if event == WebhookEvent.DOCUMENT_READY else DocumentStatus.FAILED,
+            "chunk_count": chunk_count,
+            "error": error,
+        },
+    )
 
 
 def _is_permanent(exc: Exception) -> bool:
@@ -470,7 +496,7 @@ class _Superseded(Exception):
 
 
 def _fail(document: Document, reason: str, timings: dict[str, float]) -> None:
-    Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
+    failed = Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
         status=DocumentStatus.FAILED,
         error=reason[:4000],
         stage_timings=timings,
@@ -479,6 +505,8 @@ def _fail(document: Document, reason: str, timings: dict[str, float]) -> None:
         lease_expires_at=None,
         updated_at=timezone.now(),
     )
+    if failed:
+        _document_event(document, WebhookEvent.DOCUMENT_FAILED, chunk_count=0, error=reason[:4000])
     kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
 
 

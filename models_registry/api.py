@@ -6,14 +6,15 @@ from typing import Any
 
 from django.db.models import ProtectedError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
-from rest_framework import mixins, serializers, status
+from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import TeamScopedViewSet
+from accounts.api import TeamScopedModelViewSet
 from accounts.models import Role
+from chatplatform.outbound import outbound_url_check
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
 from models_registry.providers.xinference import XinferenceClient
@@ -44,6 +45,14 @@ class ProviderSerializer(serializers.ModelSerializer):
         fields = ["id", "team", "name", "kind", "endpoint", "api_key", "has_credentials", "is_embedded", "created_at"]
         read_only_fields = ["is_embedded", "created_at"]
 
+    def validate_endpoint(self, endpoint: str) -> str:
+        """The SSRF guard on what users type (the embedded Xinference, registered by bootstrap
+        from the operator's configuration, never passes through here); an unchanged endpoint is
+        not judged again."""
+        if self.instance is None or endpoint != self.instance.endpoint:
+            outbound_url_check(endpoint)
+        return endpoint
+
 
 class FamilySerializer(serializers.Serializer):
     model_name = serializers.CharField()
@@ -55,14 +64,7 @@ class RemoteModelSerializer(serializers.Serializer):
     kind = serializers.CharField()
 
 
-class ProviderViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin,
-    TeamScopedViewSet,
-):
+class ProviderViewSet(TeamScopedModelViewSet):
     """Model servers of your teams. The API key of a provider is write-only."""
 
     queryset = Provider.objects.select_related("team")
@@ -162,14 +164,7 @@ class ModelRegistrationSerializer(serializers.ModelSerializer):
         return kind
 
 
-class ModelRegistrationViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.CreateModelMixin,
-    mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin,
-    TeamScopedViewSet,
-):
+class ModelRegistrationViewSet(TeamScopedModelViewSet):
     """LLM, embedding and rerank models registered on your teams' providers, with their status.
     Team admins launch, terminate and test them; a model kept running is relaunched whenever it
     is found stopped (for example after Xinference restarts)."""

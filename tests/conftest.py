@@ -77,6 +77,14 @@ class WorkerProcess:
 
 
 WORKER_LEASE_S = 15  # short, so the dead-worker test need not wait two minutes
+# The test model servers (Xinference) and webhook receivers listen on loopback, which the SSRF
+# guard refuses by default; tests of the guard itself set OUTBOUND_ALLOWED_NETWORKS = [].
+TEST_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
+
+@pytest.fixture(autouse=True)
+def _outbound_loopback_allowed(settings) -> None:
+    settings.OUTBOUND_ALLOWED_NETWORKS = list(TEST_ALLOWED_NETWORKS)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +96,9 @@ def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureReques
         "CHATPLATFORM_VAR_DIR": str(settings.VAR_DIR),
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "KB_INGEST_LEASE_S": str(WORKER_LEASE_S),
+        # Webhook receivers in the tests listen on loopback; retries should not take minutes.
+        "OUTBOUND_ALLOWED_NETWORKS": ",".join(TEST_ALLOWED_NETWORKS),
+        "WEBHOOK_RETRY_BASE_S": "0.5",
     }
     # Drop messages a previous, interrupted run may have left so this run starts clean.
     celery_app.control.purge()
@@ -148,3 +159,35 @@ def xinference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XinferenceS
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_asgi_url(django_db_setup: None) -> Iterator[str]:
+    """The platform's ASGI app under a real uvicorn on a free port, in a thread of this process
+    (so it uses the test database): for clients that speak HTTP themselves (openai, LangChain)."""
+    import threading
+
+    # Each request's thread closes its connection when the request ends (no persistent
+    # connections left behind in server threads, which would keep the test database from
+    # being dropped). The dict is shared by every thread's connection to the alias.
+    connection.settings_dict["CONN_MAX_AGE"] = 0
+
+    import uvicorn
+    from django.core.asgi import get_asgi_application
+
+    from tests.xinference_server import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(get_asgi_application(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="live-asgi", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start for the live ASGI server")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

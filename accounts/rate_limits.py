@@ -1,0 +1,43 @@
+"""Per-key and per-team request limits for API-key traffic: fixed one-minute windows counted in
+Redis, so every web process shares the count. Checked when a key authenticates, which is the
+one step every API request passes (DRF views, the streaming views and /v1 alike)."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.exceptions import Throttled
+
+from accounts.models import ApiKey
+
+WINDOW_S = 60
+
+
+def _count(bucket: str, window: int) -> int:
+    key = f"ratelimit:{bucket}:{window}"
+    # add() creates the counter with an expiry only when it is missing; incr() is atomic in Redis.
+    cache.add(key, 0, timeout=WINDOW_S * 2)
+    return int(cache.incr(key))
+
+
+def rate_limit_check(key: ApiKey) -> None:
+    """Count this request against the key and its team; raise 429 (with Retry-After) past a limit."""
+    now = time.time()
+    window = int(now // WINDOW_S)
+    retry_after = WINDOW_S - int(now % WINDOW_S)
+    key_limit = key.rate_limit_per_minute or settings.API_RATE_LIMIT_KEY_PER_MINUTE
+    if _count(f"key:{key.pk}", window) > key_limit:
+        raise Throttled(
+            wait=retry_after,
+            detail=f"This API key allows {key_limit} requests per minute: retry in {retry_after} s, "
+            "or ask a team admin for a higher limit.",
+        )
+    team_limit = key.team.rate_limit_per_minute or settings.API_RATE_LIMIT_TEAM_PER_MINUTE
+    if _count(f"team:{key.team_id}", window) > team_limit:
+        raise Throttled(
+            wait=retry_after,
+            detail=f"The team's API keys together allow {team_limit} requests per minute: retry in "
+            f"{retry_after} s, or ask the operator for a higher team limit.",
+        )

@@ -1,0 +1,33 @@
+"""Endpoints that answer either with a stream (async, token by token) or as plain REST (a DRF view).
+
+The returned async view keeps the DRF view's `cls`/`initkwargs`, so drf-spectacular documents the
+endpoint like any other; only requests that ask for a stream bypass DRF."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from rest_framework.views import APIView
+
+StreamHandler = Callable[..., Awaitable[HttpResponseBase]]
+
+
+def stream_or_rest(
+    rest_view: type[APIView], wants_stream: Callable[[HttpRequest], bool], stream: StreamHandler
+) -> Callable[..., Coroutine[Any, Any, HttpResponseBase]]:
+    rest = rest_view.as_view()
+
+    async def view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method == "POST" and wants_stream(request):
+            return await stream(request, *args, **kwargs)
+        return await sync_to_async(rest)(request, *args, **kwargs)
+
+    # Both paths authenticate inside (bearer key, or session with DRF's CSRF check).
+    view.csrf_exempt = True  # type: ignore[attr-defined]
+    view.cls = rest.cls  # type: ignore[attr-defined]
+    view.initkwargs = rest.initkwargs  # type: ignore[attr-defined]
+    return view

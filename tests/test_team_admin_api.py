@@ -1,0 +1,185 @@
+"""Teams and members, API keys and usage through the REST API, and the per-key and per-team rate
+limits (counted in the real Redis)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, Membership, Role, Scope, Usage
+from accounts.services import api_key_create
+from tests.conftest import bearer_client, member_of
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def session_client(user) -> APIClient:
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+def test_a_signed_in_user_creates_a_team_and_owns_it() -> None:
+    user = UserFactory.create()
+    response = session_client(user).post("/api/v1/teams/", {"name": "Research 研究"}, format="json")
+    assert response.status_code == 201, response.json()
+    assert Membership.objects.get(team_id=response.json()["id"], user=user).role == Role.OWNER
+
+
+def test_an_api_key_cannot_create_a_team(team) -> None:
+    owner = member_of(team, Role.OWNER)
+    response = bearer_client(owner, team, scopes=[Scope.ADMIN]).post("/api/v1/teams/", {"name": "x"}, format="json")
+    assert response.status_code == 403
+    assert "signed in" in response.json()["error"]["message"]
+
+
+def test_admins_add_members_and_change_roles_members_cannot(team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    member = member_of(team, Role.MEMBER)
+    newcomer = UserFactory.create()
+    refused = session_client(member).post(f"/api/v1/teams/{team.pk}/members/", {"username": newcomer.username})
+    assert refused.status_code == 403
+    added = session_client(admin).post(
+        f"/api/v1/teams/{team.pk}/members/", {"username": newcomer.username, "role": "viewer"}, format="json"
+    )
+    assert added.status_code == 201, added.json()
+    assert Membership.objects.get(team=team, user=newcomer).role == Role.VIEWER
+    listed = session_client(member).get(f"/api/v1/teams/{team.pk}/members/").json()
+    assert {row["username"] for row in listed} == {admin.username, member.username, newcomer.username}
+    changed = session_client(admin).patch(
+        f"/api/v1/teams/{team.pk}/members/{newcomer.pk}/", {"role": "member"}, format="json"
+    )
+    assert changed.status_code == 200
+    assert changed.json()["role"] == "member"
+    # Making an owner takes an owner.
+    promoted = session_client(admin).patch(
+        f"/api/v1/teams/{team.pk}/members/{newcomer.pk}/", {"role": "owner"}, format="json"
+    )
+    assert promoted.status_code == 403
+
+
+def test_adding_an_unknown_user_says_so(team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    response = session_client(admin).post(f"/api/v1/teams/{team.pk}/members/", {"username": "nobody-here"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("username:")
+
+
+def test_the_last_owner_cannot_leave_or_be_demoted(team) -> None:
+    owner = member_of(team, Role.OWNER)
+    client = session_client(owner)
+    left = client.delete(f"/api/v1/teams/{team.pk}/members/{owner.pk}/")
+    assert left.status_code == 400
+    assert "last owner" in left.json()["error"]["message"]
+    demoted = client.patch(f"/api/v1/teams/{team.pk}/members/{owner.pk}/", {"role": "admin"}, format="json")
+    assert demoted.status_code == 400
+    assert Membership.objects.get(team=team, user=owner).role == Role.OWNER
+
+
+def test_removing_a_member_revokes_their_keys_for_that_team(team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    member = member_of(team, Role.MEMBER)
+    key, secret = api_key_create(user=member, team=team, name="bot")
+    assert session_client(admin).delete(f"/api/v1/teams/{team.pk}/members/{member.pk}/").status_code == 204
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert client.get("/api/v1/teams/").status_code == 401
+
+
+def test_members_of_another_team_get_404_on_its_members(team, outsider) -> None:
+    client = session_client(outsider)
+    assert client.get(f"/api/v1/teams/{team.pk}/members/").status_code == 404
+    assert client.post(f"/api/v1/teams/{team.pk}/members/", {"username": outsider.username}).status_code == 404
+
+
+def test_api_key_is_shown_once_listed_by_prefix_and_revoked_by_delete(team) -> None:
+    member = member_of(team, Role.MEMBER)
+    client = session_client(member)
+    created = client.post("/api/v1/api-keys/", {"name": "ci", "scopes": ["read", "chat"]}, format="json")
+    assert created.status_code == 201, created.json()
+    secret = created.json()["key"]
+    assert secret.startswith(created.json()["prefix"])
+    listed = client.get("/api/v1/api-keys/").json()["results"]
+    assert [row["prefix"] for row in listed] == [created.json()["prefix"]]
+    assert "key" not in listed[0]
+    assert secret not in str(listed)
+    assert client.delete(f"/api/v1/api-keys/{created.json()['id']}/").status_code == 204
+    assert ApiKey.objects.get(pk=created.json()["id"]).revoked_at is not None
+    revoked = APIClient()
+    revoked.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert revoked.get("/api/v1/teams/").status_code == 401
+
+
+def test_members_see_their_own_keys_admins_see_the_teams(team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    member = member_of(team, Role.MEMBER)
+    mine, _ = api_key_create(user=member, team=team, name="mine")
+    theirs, _ = api_key_create(user=admin, team=team, name="theirs")
+    member_ids = {row["id"] for row in session_client(member).get("/api/v1/api-keys/").json()["results"]}
+    admin_ids = {row["id"] for row in session_client(admin).get("/api/v1/api-keys/").json()["results"]}
+    assert member_ids == {mine.pk}
+    assert admin_ids == {mine.pk, theirs.pk}
+    assert session_client(member).delete(f"/api/v1/api-keys/{theirs.pk}/").status_code == 404
+
+
+def test_a_key_manages_keys_only_with_the_admin_scope_and_never_widens_its_scopes(team) -> None:
+    member = member_of(team, Role.MEMBER)
+    plain = bearer_client(member, team)  # read, write, chat
+    refused = plain.post("/api/v1/api-keys/", {"name": "x"}, format="json")
+    assert refused.status_code == 403
+    admin_key = bearer_client(member, team, scopes=[Scope.ADMIN])
+    assert admin_key.post("/api/v1/api-keys/", {"name": "y", "scopes": ["read"]}, format="json").status_code == 201
+
+
+def test_key_expiry_in_the_past_and_limits_above_the_platforms_are_refused(team) -> None:
+    member = member_of(team, Role.MEMBER)
+    client = session_client(member)
+    past = client.post("/api/v1/api-keys/", {"name": "old", "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+    assert past.status_code == 400
+    too_high = client.post("/api/v1/api-keys/", {"name": "fast", "rate_limit_per_minute": 10**6}, format="json")
+    assert too_high.status_code == 400
+    assert too_high.json()["error"]["message"].startswith("rate_limit_per_minute:")
+
+
+def test_usage_members_see_their_rows_admins_the_teams_and_filters_apply(team, other_team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    member = member_of(team, Role.MEMBER)
+    outsider = member_of(other_team, Role.OWNER)
+    Usage.objects.create(team=team, user=member, model_name="SmolLM2", day=date(2026, 11, 1), tokens_in=10)
+    Usage.objects.create(team=team, user=admin, model_name="SmolLM2", day=date(2026, 11, 2), tokens_in=20)
+    Usage.objects.create(team=other_team, user=outsider, model_name="SmolLM2", day=date(2026, 11, 2), tokens_in=30)
+    member_rows = session_client(member).get("/api/v1/usage/").json()["results"]
+    assert [row["tokens_in"] for row in member_rows] == [10]
+    admin_rows = session_client(admin).get("/api/v1/usage/", {"since": "2026-11-02"}).json()["results"]
+    assert [row["tokens_in"] for row in admin_rows] == [20]
+    assert session_client(admin).get("/api/v1/usage/", {"since": "not-a-date"}).status_code == 400
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(team) -> None:
+    member = member_of(team, Role.MEMBER)
+    _key, secret = api_key_create(user=member, team=team, name="slow", rate_limit_per_minute=3)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    statuses = [client.get("/api/v1/teams/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    refused = client.get("/api/v1/teams/")
+    assert refused.json()["error"]["code"] == "throttled"
+    assert "3 requests per minute" in refused.json()["error"]["message"]
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    # Another key of the same team is not affected by this key's limit.
+    assert bearer_client(member, team).get("/api/v1/teams/").status_code == 200
+
+
+def test_the_teams_keys_share_the_team_limit(team) -> None:
+    team.rate_limit_per_minute = 4
+    team.save()
+    member = member_of(team, Role.MEMBER)
+    first, second = bearer_client(member, team), bearer_client(member, team)
+    statuses = [client.get("/api/v1/teams/").status_code for client in (first, second, first, second, first)]
+    assert statuses == [200, 200, 200, 200, 429]
+    assert "team" in first.get("/api/v1/teams/").json()["error"]["message"]
