@@ -20,6 +20,7 @@ from accounts.models import ApiKey, Membership, Role, Scope, Team, Usage, User, 
 from accounts.permissions import ApiKeyScopePermission
 from accounts.selectors import team_ids_for, team_scoped, teams_for
 from accounts.services import api_key_create, api_key_revoke, membership_remove, membership_set, team_create
+from chatplatform.serializers import StrictFieldsMixin
 
 
 class TeamScopedViewSet(viewsets.GenericViewSet):
@@ -76,7 +77,7 @@ class TeamScopedModelViewSet(
     """Create, read, update and delete over team-owned rows."""
 
 
-class TeamSerializer(serializers.ModelSerializer):
+class TeamSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     slug = serializers.SlugField(max_length=60, required=False)
 
     class Meta:
@@ -95,12 +96,12 @@ class MemberSerializer(serializers.ModelSerializer):
         read_only_fields = ["created_at"]
 
 
-class MemberAddSerializer(serializers.Serializer):
+class MemberAddSerializer(StrictFieldsMixin, serializers.Serializer):
     username = serializers.CharField(max_length=150)
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
-class MemberRoleSerializer(serializers.Serializer):
+class MemberRoleSerializer(StrictFieldsMixin, serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -167,7 +168,7 @@ class TeamViewSet(TeamScopedModelViewSet):
         return Response(MemberSerializer(membership).data)
 
 
-class ApiKeySerializer(serializers.ModelSerializer):
+class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False)
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=Scope.choices), required=False, allow_empty=False

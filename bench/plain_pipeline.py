@@ -1,7 +1,11 @@
 """The pipeline our users write by hand, run in its own environment (var/bench-venv: torch CPU,
 sentence-transformers, FAISS, LangChain community loaders): load HTML, split with
 RecursiveCharacterTextSplitter(1000, 200), embed in process with the same model, index in FAISS,
-then time searches. Prints one JSON object. Not imported by the platform."""
+then answer the retrieval-quality questions (the source files of the 10 best chunks, best first)
+and time searches. Prints one JSON object. Not imported by the platform.
+
+Arguments: files list, model directory, latency queries (JSON), padded sizes (comma-separated),
+quality questions (JSON)."""
 
 from __future__ import annotations
 
@@ -37,6 +41,12 @@ def main() -> None:
     store = FAISS.from_documents(chunks, embeddings)
     embed_index_s = time.perf_counter() - started
 
+    # Before any padding: the quality questions are answered from the real chunks only.
+    quality_sources = [
+        [chunk.metadata["source"] for chunk in store.similarity_search(question, k=10)]
+        for question in json.loads(Path(sys.argv[5]).read_text())
+    ]
+
     queries = json.loads(Path(queries_file).read_text())
     search_ms = {}
     for size in [len(chunks), *[int(size) for size in sys.argv[4].split(",")]]:
@@ -51,6 +61,7 @@ def main() -> None:
         "documents": len(files), "chunks": len(chunks), "load_s": load_s, "split_s": split_s,
         "model_load_s": model_load_s, "embed_index_s": embed_index_s,
         "total_s": load_s + split_s + model_load_s + embed_index_s, "search_ms": search_ms,
+        "quality_sources": quality_sources,
     }))  # fmt: skip
 
 

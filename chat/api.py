@@ -40,13 +40,14 @@ from chatplatform.async_views import stream_or_rest
 from chatplatform.domain_errors import DomainError
 from chatplatform.errors import api_error_response
 from chatplatform.pagination import IdCursorPagination
+from chatplatform.serializers import StrictFieldsMixin
 from kb.models import KnowledgeBase
 from kb.services import documents_upload
 
 MAX_MESSAGE_CHARS = 32_000
 
 
-class AssistantSerializer(serializers.ModelSerializer):
+class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False)
     knowledge_bases = serializers.PrimaryKeyRelatedField(
         many=True, queryset=KnowledgeBase.objects.all(), required=False
@@ -96,7 +97,7 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ConversationSerializer(serializers.ModelSerializer):
+class ConversationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False)
     assistant = serializers.PrimaryKeyRelatedField(queryset=Assistant.objects.all(), required=False)
 
@@ -112,7 +113,7 @@ class ConversationSerializer(serializers.ModelSerializer):
         if request is not None:
             api_key = request.auth if isinstance(request.auth, ApiKey) else None
             assistants = team_scoped(Assistant.objects.all(), user=request.user, api_key=api_key)
-            self.fields["assistant"].queryset = assistants  # type: ignore[attr-defined]
+            self.fields["assistant"].queryset = assistants
 
 
 def visible_conversations(
@@ -185,7 +186,7 @@ class ConversationViewSet(TeamScopedModelViewSet):
         return Response({"stopped": len(streaming)})
 
 
-class MessageInputSerializer(serializers.Serializer):
+class MessageInputSerializer(StrictFieldsMixin, serializers.Serializer):
     content = serializers.CharField(max_length=MAX_MESSAGE_CHARS, allow_blank=False, trim_whitespace=False)
     stream = serializers.BooleanField(default=False)
 
@@ -254,7 +255,7 @@ def require_member(request: Request, team_id: int) -> None:
         )
 
 
-class FeedbackSerializer(serializers.Serializer):
+class FeedbackSerializer(StrictFieldsMixin, serializers.Serializer):
     value = serializers.ChoiceField(choices=[-1, 0, 1])
     comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
@@ -292,19 +293,20 @@ def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> 
         return api_error_response(exc)
     if user is None or not user.is_authenticated:
         return _error(401, "not_authenticated", "Authentication credentials were not provided.")
-    try:
-        body = json.loads(request.body or b"{}") if not regenerate else {}
-    except ValueError:
-        return _error(400, "invalid", 'The body is not valid JSON: send {"content": "...", "stream": true}.')
-    content = body.get("content", "") if isinstance(body, dict) else None
-    if not regenerate and (not isinstance(content, str) or not content.strip()):
-        return _error(400, "invalid", "content: write the message as a non-empty string.")
-    if not regenerate and len(content or "") > MAX_MESSAGE_CHARS:
-        return _error(400, "invalid", f"content: at most {MAX_MESSAGE_CHARS} characters.")
+    content = ""
+    if not regenerate:
+        try:
+            body = json.loads(request.body or b"{}")
+        except ValueError:
+            return _error(400, "invalid", 'The body is not valid JSON: send {"content": "...", "stream": true}.')
+        data = MessageInputSerializer(data=body)
+        if not data.is_valid():
+            return api_error_response(exceptions.ValidationError(data.errors))
+        content = data.validated_data["content"]
     try:
         conversation = conversation_for(drf_request, pk, scope=Scope.CHAT)
         assert isinstance(user, User)
-        return turn_prepare(conversation=conversation, author=user, content=content or "", regenerate=regenerate)
+        return turn_prepare(conversation=conversation, author=user, content=content, regenerate=regenerate)
     except exceptions.APIException as exc:
         return api_error_response(exc)
     except DomainError as exc:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -28,6 +29,10 @@ def _message(detail: Any) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response({"error": {"code": exc.code, "message": str(exc), "details": {}}}, status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        limit_mb = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1024 * 1024)
+        message = f"The request body is over {limit_mb} MB: send less (files go to the upload endpoints, as multipart)."
+        return Response({"error": {"code": "too_large", "message": message, "details": {}}}, status=413)
     # Django's own exceptions become their DRF twins, so they get a proper code as well.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

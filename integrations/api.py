@@ -17,11 +17,12 @@ from rest_framework.response import Response
 from accounts.api import TeamScopedModelViewSet
 from accounts.models import Role, User
 from chatplatform.pagination import IdCursorPagination
+from chatplatform.serializers import StrictFieldsMixin
 from integrations.models import DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent
 from integrations.services import webhook_create, webhook_ping, webhook_update
 
 
-class WebhookSerializer(serializers.ModelSerializer):
+class WebhookSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     url = serializers.URLField(max_length=2000, help_text="Where events are POSTed; checked against the SSRF guard.")
     events = serializers.ListField(

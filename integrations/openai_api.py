@@ -36,7 +36,16 @@ from accounts.permissions import ApiKeyScopePermission
 from accounts.selectors import team_ids_for
 from chat.memory import estimate_tokens, recent_window
 from chat.models import Assistant
-from chat.services import AnswerPlan, ModelUnavailable, Turn, answer_plan, quota_check, usage_record
+from chat.services import (
+    AnswerPlan,
+    ChatError,
+    ModelUnavailable,
+    Turn,
+    answer_plan,
+    assistant_default_for,
+    quota_check,
+    usage_record,
+)
 from chatplatform.async_views import stream_or_rest
 from chatplatform.domain_errors import DomainError
 from models_registry.langchain_models import chat_model_for, embeddings_for
@@ -168,7 +177,12 @@ class ModelListView(OpenAIView):
     )
     def get(self, request: Request) -> Response:
         """The team's assistants, each a model."""
-        assistants = Assistant.objects.select_related("team").filter(team_id=_api_key(request).team_id)
+        team = _api_key(request).team
+        assistants = list(Assistant.objects.select_related("team").filter(team=team))
+        if not assistants:
+            # A new team chats at once: its default assistant is made from its default LLM.
+            with contextlib.suppress(ChatError):
+                assistants = [assistant_default_for(team=team)]
         return Response({"object": "list", "data": [_model_object(assistant) for assistant in assistants]})
 
 

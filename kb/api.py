@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from accounts.api import TeamScopedModelViewSet, TeamScopedViewSet
 from accounts.models import Role
 from chatplatform.pagination import IdCursorPagination
+from chatplatform.serializers import StrictFieldsMixin
 from kb.models import Document, KnowledgeBase, Splitter
 from kb.retrieval import MODES, SearchRequest, kb_search
 from kb.services import (
@@ -33,7 +34,7 @@ from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 
 
-class KnowledgeBaseSerializer(serializers.ModelSerializer):
+class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     embedding_model = serializers.PrimaryKeyRelatedField(
         queryset=ModelRegistration.objects.filter(kind=ModelKind.EMBEDDING),
@@ -65,7 +66,7 @@ class DocumentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class SearchInputSerializer(serializers.Serializer):
+class SearchInputSerializer(StrictFieldsMixin, serializers.Serializer):
     query = serializers.CharField(max_length=2000)
     top_k = serializers.IntegerField(min_value=1, max_value=100, default=5)
     mode = serializers.ChoiceField(choices=MODES, default="hybrid")

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from accounts.api import TeamScopedModelViewSet
 from accounts.models import Role
 from chatplatform.outbound import outbound_url_check
+from chatplatform.serializers import StrictFieldsMixin
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
 from models_registry.providers.xinference import XinferenceClient
@@ -33,7 +34,7 @@ ADMIN_ONLY = {
 }
 
 
-class ProviderSerializer(serializers.ModelSerializer):
+class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     api_key = serializers.CharField(
         write_only=True, required=False, allow_blank=True, help_text="Stored encrypted; never shown again."
@@ -133,7 +134,7 @@ class ModelEventSerializer(serializers.ModelSerializer):
         fields = ["kind", "message", "duration_ms", "created_at"]
 
 
-class ModelRegistrationSerializer(serializers.ModelSerializer):
+class ModelRegistrationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     provider = serializers.PrimaryKeyRelatedField(queryset=Provider.objects.none())
     recent_events = serializers.SerializerMethodField()
 
@@ -151,7 +152,7 @@ class ModelRegistrationSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         if request is not None:
             api_key = self.context["view"].api_key
-            self.fields["provider"].queryset = team_providers(user=request.user, api_key=api_key)  # type: ignore[attr-defined]
+            self.fields["provider"].queryset = team_providers(user=request.user, api_key=api_key)
 
     @extend_schema_field(ModelEventSerializer(many=True))
     def get_recent_events(self, registration: ModelRegistration) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ limits (counted in the real Redis)."""
 
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import pytest
@@ -183,3 +184,36 @@ def test_the_teams_keys_share_the_team_limit(team) -> None:
     statuses = [client.get("/api/v1/teams/").status_code for client in (first, second, first, second, first)]
     assert statuses == [200, 200, 200, 200, 429]
     assert "team" in first.get("/api/v1/teams/").json()["error"]["message"]
+
+
+def test_v1_models_offers_a_new_teams_default_assistant(team) -> None:
+    from models_registry.services import provider_create, registration_create, team_defaults_set
+
+    member = member_of(team, Role.MEMBER)
+    client = bearer_client(member, team)
+    assert client.get("/v1/models").json()["data"] == []  # no default LLM yet: nothing to offer
+    provider = provider_create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
+    team_defaults_set(
+        team=team, llm=registration_create(provider=provider, kind="llm", name="L", provider_model_uid="l")
+    )
+    assert [model["id"] for model in client.get("/v1/models").json()["data"]] == ["Assistant"]
+
+
+def test_malformed_requests_get_4xx_in_the_error_shape(team) -> None:
+    admin = member_of(team, Role.ADMIN)
+    client = bearer_client(admin, team)
+    cases = [
+        (client.post("/api/v1/assistants/", "[1,2", content_type="application/json"), 400, "parse_error"),
+        (client.post("/api/v1/assistants/", json.dumps({"name": "x", "top-k": 3}), content_type="application/json"),
+         400, "invalid"),
+        (session_client(admin).post("/api/v1/api-keys/", {"name": "x", "scopes": "read"}, format="json"), 400,
+         "invalid"),
+        (client.get("/api/v1/assistants/", {"cursor": "garbage"}), 400, "invalid"),
+        (client.post("/api/v1/assistants/", json.dumps({"name": "x" * (11 * 1024 * 1024)}),
+                     content_type="application/json"), 413, "too_large"),
+    ]  # fmt: skip
+    for response, status, code in cases:
+        assert response.status_code == status, response.content[:300]
+        assert response.json()["error"]["code"] == code
+    unknown = cases[1][0].json()["error"]
+    assert unknown["message"].startswith("top-k: Unknown field")
