@@ -111,6 +111,8 @@ XINFERENCE_API_KEY = env.str("XINFERENCE_API_KEY", default="")
 XINFERENCE_EMBEDDED_VENV = env.str("XINFERENCE_EMBEDDED_VENV", default="")
 XINFERENCE_LAUNCH_TIMEOUT_S = env.float("XINFERENCE_LAUNCH_TIMEOUT_S", default=600.0)
 MODELS_RECONCILE_INTERVAL_S = env.float("MODELS_RECONCILE_INTERVAL_S", default=15.0)
+# How long a streamed answer may go without a token (the first one included) before it fails; 0: no limit.
+MODEL_STREAM_IDLE_TIMEOUT_S = env.float("MODEL_STREAM_IDLE_TIMEOUT_S", default=300.0)
 
 # --- Celery (the app lives in workers/celery.py) ----------------------------------------------
 

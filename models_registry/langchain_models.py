@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
+from django.conf import settings
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
@@ -72,6 +73,9 @@ def chat_model_for(registration: ModelRegistration) -> ChatOpenAI:
         lambda: ChatOpenAI(
             **_openai_base(registration),
             streaming=True,
+            # A stream queued behind others at a busy CPU model may wait minutes for its first
+            # token; the operator decides how long that may be (langchain-openai's default: 120 s).
+            stream_chunk_timeout=settings.MODEL_STREAM_IDLE_TIMEOUT_S or None,
             http_async_client=httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S),
         ),
     )
