@@ -34,7 +34,8 @@ os.environ["KB_INGEST_MAX_IN_FLIGHT"] = "2"
 sys.path.insert(0, str(BASE_DIR))
 
 DOCUMENTS = int(os.environ.get("BENCH_DOCS", "150"))
-SIZES = [10_000, 100_000]
+# Chunk counts the search-latency rows are padded to (BENCH_SIZES, comma-separated).
+SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "10000,100000").split(",") if size]
 QUERIES = 50
 QUALITY_QUESTIONS = 60
 BENCH_VENV = BENCH_DIR / "bench-venv"
