@@ -18,7 +18,7 @@ from rest_framework.response import Response
 
 from accounts.models import ApiKey, Membership, Role, Scope, Team, Usage, User, default_scopes
 from accounts.permissions import ApiKeyScopePermission
-from accounts.selectors import team_ids_for, team_scoped, teams_for
+from accounts.selectors import has_team_role, team_ids_for, team_scoped, teams_for
 from accounts.services import api_key_create, api_key_revoke, membership_remove, membership_set, team_create
 from chatplatform.serializers import StrictFieldsMixin
 
@@ -50,8 +50,7 @@ class TeamScopedViewSet(viewsets.GenericViewSet):
             self.require_role(team_id, role)
 
     def require_role(self, team_id: int, role: Role) -> None:
-        allowed_team_ids = team_ids_for(user=self.request.user, api_key=self.api_key, minimum_role=role)
-        if not allowed_team_ids.filter(team_id=team_id).exists():
+        if not has_team_role(user=self.request.user, api_key=self.api_key, team_id=team_id, role=role):
             needed = "admins and owners" if role in (Role.ADMIN, Role.OWNER) else "members"
             raise PermissionDenied(f"Only the team's {needed} may do this: ask one of them.")
 

@@ -56,6 +56,11 @@ def team_scoped(
     return queryset.filter(**{f"{team_field}__in": team_ids})
 
 
+def has_team_role(*, user: User | AnonymousUser | None, api_key: ApiKey | None, team_id: int, role: Role) -> bool:
+    """Whether the actor holds at least `role` in the team (through the key's team only, with a key)."""
+    return team_ids_for(user=user, api_key=api_key, minimum_role=role).filter(team_id=team_id).exists()
+
+
 def teams_for(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Team]:
     return team_scoped(Team.objects.all(), user=user, api_key=api_key, team_field="pk")
 

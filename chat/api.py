@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 from accounts.api import TeamScopedModelViewSet
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, User
-from accounts.selectors import team_ids_for, team_scoped
+from accounts.selectors import has_team_role, team_scoped
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.services import (
     assistant_create,
@@ -36,7 +36,7 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop
-from chatplatform.async_views import stream_or_rest
+from chatplatform.async_views import body_asks_for_stream, stream_or_rest
 from chatplatform.domain_errors import DomainError
 from chatplatform.errors import api_error_response
 from chatplatform.pagination import IdCursorPagination
@@ -248,8 +248,7 @@ def conversation_for(request: Request, pk: int, scope: str | None = None) -> Con
 
 def require_member(request: Request, team_id: int) -> None:
     api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    members = team_ids_for(user=request.user, api_key=api_key, minimum_role=Role.MEMBER)
-    if not members.filter(team_id=team_id).exists():
+    if not has_team_role(user=request.user, api_key=api_key, team_id=team_id, role=Role.MEMBER):
         raise exceptions.PermissionDenied(
             "Viewers cannot chat or give feedback: ask a team admin to make you a member."
         )
@@ -314,13 +313,7 @@ def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> 
 
 
 def _wants_stream(request: HttpRequest) -> bool:
-    if "text/event-stream" in request.headers.get("Accept", ""):
-        return True
-    try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("stream") is True
+    return "text/event-stream" in request.headers.get("Accept", "") or body_asks_for_stream(request)
 
 
 async def _stream_answer(request: HttpRequest, pk: int) -> HttpResponseBase:

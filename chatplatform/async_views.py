@@ -5,6 +5,7 @@ endpoint like any other; only requests that ask for a stream bypass DRF."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -14,6 +15,15 @@ from django.http.response import HttpResponseBase
 from rest_framework.views import APIView
 
 StreamHandler = Callable[..., Awaitable[HttpResponseBase]]
+
+
+def body_asks_for_stream(request: HttpRequest) -> bool:
+    """A JSON body with `"stream": true`, as chat clients send it."""
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("stream") is True
 
 
 def stream_or_rest(

@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, Team, User
 from accounts.permissions import ApiKeyScopePermission
-from accounts.selectors import team_ids_for
+from accounts.selectors import has_team_role
 from chat.memory import estimate_tokens, recent_window
 from chat.models import Assistant
 from chat.services import (
@@ -46,7 +46,7 @@ from chat.services import (
     quota_check,
     usage_record,
 )
-from chatplatform.async_views import stream_or_rest
+from chatplatform.async_views import body_asks_for_stream, stream_or_rest
 from chatplatform.domain_errors import DomainError
 from models_registry.langchain_models import chat_model_for, embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
@@ -135,7 +135,7 @@ def _api_key(request: Request) -> ApiKey:
 
 def _require_member(user: User, api_key: ApiKey) -> None:
     """Model calls spend the team's tokens: members do that, viewers only read."""
-    if not team_ids_for(user=user, api_key=api_key, minimum_role=Role.MEMBER).exists():
+    if not has_team_role(user=user, api_key=api_key, team_id=api_key.team_id, role=Role.MEMBER):
         raise exceptions.PermissionDenied(
             "Viewers cannot use the team's models: ask a team admin to make you a member."
         )
@@ -372,14 +372,6 @@ class ChatCompletionsView(OpenAIView):
 # --- the streamed completion ----------------------------------------------------------------------
 
 
-def _wants_stream(request: HttpRequest) -> bool:
-    try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("stream") is True
-
-
 def _prepare_stream(request: HttpRequest) -> Completion | HttpResponse:
     """What ChatCompletionsView does before calling the model, as an error response or a plan."""
     view = ChatCompletionsView()
@@ -510,7 +502,7 @@ async def _stream_completion(request: HttpRequest) -> HttpResponseBase:
     return response
 
 
-chat_completions = stream_or_rest(ChatCompletionsView, _wants_stream, _stream_completion)
+chat_completions = stream_or_rest(ChatCompletionsView, body_asks_for_stream, _stream_completion)
 
 
 # --- embeddings -----------------------------------------------------------------------------------
