@@ -33,7 +33,11 @@ typecheck: $(VENV)/.dev
 	DATABASE_URL=postgres://typecheck@localhost/typecheck REDIS_URL=redis://localhost:6379/0 $(VENV)/bin/mypy
 
 # Tests use their own var/ (CHATPLATFORM_VAR_DIR) so they never touch a running platform's data.
-test: $(VENV)/.dev lint typecheck
+# The browser tests drive Debian's Chromium (Playwright's own browser download needs the internet).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest
 

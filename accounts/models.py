@@ -11,6 +11,14 @@ from django.utils import timezone
 class User(AbstractUser):
     """The platform's user; custom from the first migration so it can grow without a data move."""
 
+    language = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        choices=settings.LANGUAGES,
+        help_text="The web interface's language; empty follows the browser.",
+    )
+
     class Meta:
         db_table = "accounts_user"
 

@@ -1,4 +1,5 @@
-"""ASGI entry point: `uvicorn chatplatform.asgi:application`."""
+"""ASGI entry point: `uvicorn chatplatform.asgi:application`. HTTP goes to Django; WebSockets
+(team rooms) go to Channels consumers, signed in by the same session cookie."""
 
 import os
 
@@ -6,4 +7,17 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
 
-application = get_asgi_application()
+django_application = get_asgi_application()  # sets Django up before the consumers import models
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from web.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)

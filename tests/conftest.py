@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -19,6 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.services import api_key_create, membership_set
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.factories import TeamFactory, UserFactory
 from tests.xinference_server import XinferenceServer
 from workers.celery import app as celery_app
@@ -163,8 +165,9 @@ def xinference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XinferenceS
 
 @pytest.fixture(scope="session")
 def live_asgi_url(django_db_setup: None) -> Iterator[str]:
-    """The platform's ASGI app under a real uvicorn on a free port, in a thread of this process
-    (so it uses the test database): for clients that speak HTTP themselves (openai, LangChain)."""
+    """The platform's ASGI app (HTTP and the rooms' WebSockets) under a real uvicorn on a free
+    port, in a thread of this process (so it uses the test database): for clients that speak HTTP
+    themselves (openai, LangChain) and for the browser tests."""
     import threading
 
     # Each request's thread closes its connection when the request ends (no persistent
@@ -173,12 +176,12 @@ def live_asgi_url(django_db_setup: None) -> Iterator[str]:
     connection.settings_dict["CONN_MAX_AGE"] = 0
 
     import uvicorn
-    from django.core.asgi import get_asgi_application
 
+    from chatplatform.asgi import application
     from tests.xinference_server import free_port
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(get_asgi_application(), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="live-asgi", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -191,3 +194,19 @@ def live_asgi_url(django_db_setup: None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium (installed by `make test`), driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
+    # between browser steps are still plain synchronous calls.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
