@@ -15,7 +15,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -285,7 +285,11 @@ def _error(status_code: int, code: str, message: str) -> JsonResponse:
 def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> Any:
     """Authenticate as the REST API does (bearer key, or session with CSRF), check the body, and
     prepare the turn; returns a PreparedTurn or an error response."""
-    drf_request = Request(request, authenticators=[ApiKeyAuthentication(), SessionAuthentication()])
+    # The JSON parser matters to the session path: DRF's CSRF check reads `request.POST`, which
+    # parses the body, and a Request with no parsers answers that with a 415.
+    drf_request = Request(
+        request, parsers=[JSONParser()], authenticators=[ApiKeyAuthentication(), SessionAuthentication()]
+    )
     try:
         user = drf_request.user
     except exceptions.APIException as exc:

@@ -125,6 +125,18 @@ def conversation_delete(*, conversation: Conversation) -> None:
         kb_delete(kb=files_kb)
 
 
+def room_message_post(*, conversation: Conversation, author: User, content: str) -> Message:
+    """A member's message in a team room that does not address the assistant: kept in the
+    history (and so in the next prompt and the summary), answered by nobody."""
+    if not conversation.is_room:
+        raise ChatError("only team rooms take messages that the assistant does not answer")
+    if not content.strip():
+        raise ChatError("the message is empty: write something")
+    message = Message.objects.create(conversation=conversation, role=Message.Role.USER, author=author, content=content)
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    return message
+
+
 def message_feedback(*, message: Message, value: int, comment: str = "") -> Message:
     if message.role != Message.Role.ASSISTANT:
         raise ChatError("feedback goes on the assistant's answers")

@@ -36,15 +36,27 @@ async def _stop_requested(message_id: int) -> bool:
     return bool(await cache.aget(STOP_KEY.format(message_id=message_id)))
 
 
+Event = tuple[str, dict[str, Any]]
+
+
 async def answer_events(turn: PreparedTurn) -> AsyncIterator[bytes]:
+    """The answer as Server-Sent Events. Closing this generator closes the inner one at once, so a
+    dropped client still stops the model."""
+    async with contextlib.aclosing(answer_event_items(turn)) as items:
+        async for event, data in items:
+            yield sse(event, data)
+
+
+async def answer_event_items(turn: PreparedTurn) -> AsyncGenerator[Event, None]:
+    """The answer as (event, data) pairs, for SSE and for the team rooms' WebSockets."""
     started = time.perf_counter()
-    yield sse("sources", {"message_id": turn.assistant_message_id, "sources": turn.sources})
+    yield "sources", {"message_id": turn.assistant_message_id, "sources": turn.sources}
     if turn.canned_answer is not None:
-        yield sse("token", {"text": turn.canned_answer})
+        yield "token", {"text": turn.canned_answer}
         message = await sync_to_async(turn_finish)(
             turn=turn, content=turn.canned_answer, status=MessageStatus.COMPLETE, total_ms=0
         )
-        yield sse("done", {"message_id": message.pk, "status": message.status})
+        yield "done", {"message_id": message.pk, "status": message.status}
         return
     parts: list[str] = []
     first_token_ms: int | None = None
@@ -65,7 +77,7 @@ async def answer_events(turn: PreparedTurn) -> AsyncIterator[bytes]:
                 if first_token_ms is None:
                     first_token_ms = int((time.perf_counter() - started) * 1000)
                 parts.append(text)
-                yield sse("token", {"text": text})
+                yield "token", {"text": text}
                 if time.perf_counter() - last_stop_check > STOP_CHECK_EVERY_S:
                     last_stop_check = time.perf_counter()
                     if await _stop_requested(turn.assistant_message_id):
@@ -79,7 +91,7 @@ async def answer_events(turn: PreparedTurn) -> AsyncIterator[bytes]:
     except Exception as exc:  # the model server failed mid-answer: tell the client, keep what came
         status = MessageStatus.FAILED
         error = f"the model {turn.llm.name} failed: {type(exc).__name__}: {exc}"
-        yield sse("error", {"message": error, "code": "model_unavailable"})
+        yield "error", {"message": error, "code": "model_unavailable"}
     message = await _finish(turn, parts, status, error, first_token_ms, started, usage)
     usage_event = {
         "prompt_tokens": message.prompt_tokens,
@@ -87,8 +99,8 @@ async def answer_events(turn: PreparedTurn) -> AsyncIterator[bytes]:
         "time_to_first_token_ms": message.time_to_first_token_ms,
         "total_ms": message.total_ms,
     }
-    yield sse("usage", usage_event)
-    yield sse("done", {"message_id": message.pk, "status": message.status, "citations": message.citations})
+    yield "usage", usage_event
+    yield "done", {"message_id": message.pk, "status": message.status, "citations": message.citations}
 
 
 async def _finish(

@@ -1,9 +1,234 @@
-"""Team rooms over WebSockets."""
+"""Team rooms over WebSockets (Channels, Redis channel layer): every member in the room sees
+every message and the assistant's answer as it is written, and who is online.
+
+Client → server: `{"type": "message", "content": "..."}`; a message that mentions @assistant
+(or the assistant's name after @) is answered in the room.
+Server → client: `history` (messages after the client's `?since=` id: the catch-up after a
+reconnect), `message` (a finished message as HTML), `answer_start`, `token`, `answer_end`,
+`presence` and `error`. Each connection renders HTML itself, in its own user's language, from
+the same templates as the page (sanitised markdown)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qs
+
+import redis.asyncio as aioredis
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.utils import translation
+
+from accounts.models import Role, User
+from accounts.selectors import has_team_role
+from chat.api import MAX_MESSAGE_CHARS, visible_conversations
+from chat.models import Conversation, Message
+from chat.services import PreparedTurn, room_message_post, turn_prepare
+from chat.streaming import answer_event_items
+from chatplatform.domain_errors import DomainError
+from web.views.chat import message_context
+
+logger = logging.getLogger(__name__)
+
+HISTORY_ON_JOIN = 50
+PRESENCE_TTL_S = 24 * 3600
+# Answers outlive the connection of the member who asked: the room keeps watching them.
+_running_answers: set[asyncio.Task[None]] = set()
+
+
+def mentions_assistant(content: str, assistant_name: str) -> bool:
+    names = {"assistant", assistant_name.lower().replace(" ", "")}
+    return any(mention.lower() in names for mention in re.findall(r"@([\w.-]+)", content))
+
+
+def _room_for(user: User, conversation_id: int) -> Conversation | None:
+    return (
+        visible_conversations(Conversation.objects.select_related("assistant"), user, None)
+        .filter(pk=conversation_id, is_room=True)
+        .first()
+    )
+
+
+def _render_messages(ids: list[int] | None, conversation_id: int, since: int, language: str) -> list[dict[str, Any]]:
+    messages = Message.objects.filter(conversation_id=conversation_id).select_related("author")
+    if ids is not None:
+        messages = messages.filter(pk__in=ids)
+    else:
+        messages = messages.filter(pk__gt=since).order_by("-pk")[:HISTORY_ON_JOIN]
+    with translation.override(language):
+        return [
+            {
+                "id": message.pk,
+                "status": message.status,
+                "html": render_to_string("web/chat/message.html", message_context(message)),
+            }
+            for message in sorted(messages, key=lambda message: message.pk)
+        ]
+
+
+def _question_of(turn: PreparedTurn) -> int:
+    question = (
+        Message.objects.filter(
+            conversation_id=turn.conversation_id, role=Message.Role.USER, pk__lt=turn.assistant_message_id
+        )
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    assert question is not None  # turn_prepare saved it just now
+    return question
+
+
+def _presence_client() -> aioredis.Redis:
+    return aioredis.from_url(settings.REDIS_URL, decode_responses=True)
 
 
 class RoomConsumer(AsyncJsonWebsocketConsumer):
-    pass
+    conversation: Conversation
+    group: str
+    can_write: bool
+    language: str
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not isinstance(user, User):
+            await self.close(code=4401)
+            return
+        conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        room = await database_sync_to_async(_room_for)(user, conversation_id)
+        if room is None:
+            await self.close(code=4404)
+            return
+        self.conversation = room
+        self.group = f"room.{room.pk}"
+        self.can_write = await database_sync_to_async(has_team_role)(
+            user=user, api_key=None, team_id=room.team_id, role=Role.MEMBER
+        )
+        self.language = user.language or translation.get_language_from_request(_language_request(self.scope))
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        since = _since(self.scope)
+        history = await database_sync_to_async(_render_messages)(None, room.pk, since, self.language)
+        await self.send_json({"type": "history", "messages": history})
+        await self._presence_change(add=True)
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "group"):
+            return
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self._presence_change(add=False)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        text = content.get("content") if isinstance(content, dict) and content.get("type") == "message" else None
+        if not isinstance(text, str):
+            await self._error('Send {"type": "message", "content": "..."}.')
+            return
+        if not self.can_write:
+            await self._error("Viewers cannot write in rooms: ask a team admin to make you a member.")
+            return
+        if not text.strip() or len(text) > MAX_MESSAGE_CHARS:
+            await self._error(f"Write a message of 1 to {MAX_MESSAGE_CHARS} characters.")
+            return
+        user = self.scope["user"]
+        try:
+            if mentions_assistant(text, self.conversation.assistant.name):
+                turn = await database_sync_to_async(turn_prepare)(
+                    conversation=self.conversation, author=user, content=text
+                )
+                question_id = await database_sync_to_async(_question_of)(turn)
+                await self._broadcast({"type": "room.message", "id": question_id})
+                task = asyncio.create_task(_answer_in_room(self.channel_layer, self.group, turn))
+                _running_answers.add(task)
+                task.add_done_callback(_running_answers.discard)
+            else:
+                message = await database_sync_to_async(room_message_post)(
+                    conversation=self.conversation, author=user, content=text
+                )
+                await self._broadcast({"type": "room.message", "id": message.pk})
+        except DomainError as exc:
+            await self._error(str(exc))
+
+    # --- group events, one handler per type ------------------------------------------------------
+
+    async def room_message(self, event: dict[str, Any]) -> None:
+        rendered = await database_sync_to_async(_render_messages)([event["id"]], self.conversation.pk, 0, self.language)
+        if rendered:
+            await self.send_json({"type": "message", **rendered[0]})
+
+    async def room_answer_start(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "answer_start", "message_id": event["message_id"]})
+
+    async def room_token(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "token", "message_id": event["message_id"], "text": event["text"]})
+
+    async def room_answer_end(self, event: dict[str, Any]) -> None:
+        rendered = await database_sync_to_async(_render_messages)(
+            [event["message_id"]], self.conversation.pk, 0, self.language
+        )
+        if rendered:
+            await self.send_json({"type": "answer_end", "message_id": event["message_id"], **rendered[0]})
+
+    async def room_presence(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "presence", "users": event["users"]})
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    async def _broadcast(self, event: dict[str, Any]) -> None:
+        await self.channel_layer.group_send(self.group, event)
+
+    async def _error(self, message: str) -> None:
+        await self.send_json({"type": "error", "message": message})
+
+    async def _presence_change(self, *, add: bool) -> None:
+        key = f"chatplatform:room-presence:{self.conversation.pk}"
+        client = _presence_client()
+        try:
+            if add:
+                await client.hset(key, self.channel_name, self.scope["user"].get_username())
+                await client.expire(key, PRESENCE_TTL_S)
+            else:
+                await client.hdel(key, self.channel_name)
+            names = sorted(set(await client.hvals(key)))
+        finally:
+            await client.aclose()
+        await self._broadcast({"type": "room.presence", "users": names})
+
+
+async def _answer_in_room(channel_layer: Any, group: str, turn: PreparedTurn) -> None:
+    """Stream the assistant's answer to everyone in the room, token by token."""
+    message_id = turn.assistant_message_id
+    await channel_layer.group_send(group, {"type": "room.answer_start", "message_id": message_id})
+    try:
+        async for event, data in answer_event_items(turn):
+            if event == "token":
+                await channel_layer.group_send(
+                    group, {"type": "room.token", "message_id": message_id, "text": data["text"]}
+                )
+    except Exception:  # answer_event_items reports model failures itself; this is anything else
+        logger.exception("the room answer %s failed", message_id)
+    await channel_layer.group_send(group, {"type": "room.answer_end", "message_id": message_id})
+
+
+def _since(scope: dict[str, Any]) -> int:
+    values = parse_qs(scope.get("query_string", b"").decode()).get("since", ["0"])
+    try:
+        return max(0, int(values[0]))
+    except ValueError:
+        return 0
+
+
+def _language_request(scope: dict[str, Any]) -> HttpRequest:
+    """An HttpRequest with just what Django's language negotiation reads: the language cookie and
+    Accept-Language, from the WebSocket handshake."""
+    request = HttpRequest()
+    headers = {name.decode().lower(): value.decode() for name, value in scope.get("headers", [])}
+    request.META["HTTP_ACCEPT_LANGUAGE"] = headers.get("accept-language", "")
+    cookie = scope.get("cookies", {}).get(settings.LANGUAGE_COOKIE_NAME)
+    if cookie:
+        request.COOKIES[settings.LANGUAGE_COOKIE_NAME] = cookie
+    return request

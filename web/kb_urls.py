@@ -6,4 +6,6 @@ from web.views import kb
 
 urlpatterns = [
     path("", kb.kb_list, name="kb-list"),
+    path("new/", kb.kb_create_view, name="kb-create"),
+    path("<int:pk>/", kb.kb_detail, name="kb-detail"),
 ]

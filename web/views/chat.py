@@ -164,7 +164,7 @@ def chunk_page(request: HttpRequest, chunk_id: int) -> HttpResponse:
 
 
 @login_required
-def document_file(request: HttpRequest, document_id: int) -> HttpResponse:
+def document_file(request: HttpRequest, document_id: int) -> FileResponse:
     """The original file, always as a download: an uploaded HTML file must not run as a page of
     the platform."""
     document = team_scoped(Document.objects.all(), user=_user(request)).filter(pk=document_id).first()

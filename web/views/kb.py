@@ -1,12 +1,184 @@
-"""Knowledge-base pages: list and create, upload with live progress, hit testing."""
+"""Knowledge-base pages: the team's list with a create form, and a knowledge base's page where
+kb.js uploads files, follows their ingestion and runs hit tests, all through the REST API."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.functional import Promise
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.http import require_POST
+
+from accounts.models import Role, Team, User
+from accounts.selectors import has_team_role, team_scoped, teams_for
+from kb.models import Document, DocumentStatus, KnowledgeBase, Splitter
+from kb.services import KnowledgeBaseError, kb_create
+from models_registry.models import ModelKind, ModelRegistration
+from models_registry.selectors import team_default_model
+from web.teams import current_membership, team_switch
+
+# The page renders the newest documents; kb.js keeps those (and any added later) up to date.
+DOCUMENTS_SHOWN = 200
+# KnowledgeBaseViewSet.perform_create asks for this role: the page allows no more than the API.
+CREATE_ROLE = Role.ADMIN
+UPLOAD_ROLE = Role.MEMBER
+
+STATUS_LABELS: dict[str, Promise] = {
+    DocumentStatus.QUEUED: gettext_lazy("Queued"),
+    DocumentStatus.PARSING: gettext_lazy("Parsing"),
+    DocumentStatus.EMBEDDING: gettext_lazy("Embedding"),
+    DocumentStatus.READY: gettext_lazy("Ready"),
+    DocumentStatus.FAILED: gettext_lazy("Failed"),
+}
+SPLITTER_LABELS = {
+    Splitter.RECURSIVE: gettext_lazy("Recursive characters (knows Chinese punctuation)"),
+    Splitter.TOKENS: gettext_lazy("Token count (the embedding model's tokenizer)"),
+    Splitter.HEADINGS: gettext_lazy("Heading-aware (Markdown and HTML), then recursive"),
+}
+SEARCH_MODES = [
+    ("hybrid", gettext_lazy("Hybrid")),
+    ("vector", gettext_lazy("Vector")),
+    ("fulltext", gettext_lazy("Full text")),
+    ("all", gettext_lazy("All three, side by side")),
+]
+
+
+class EmbeddingModelField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ModelRegistration) -> str:
+        return f"{obj.name} ({obj.dimensions})" if obj.dimensions else obj.name
+
+
+class KnowledgeBaseForm(forms.Form):
+    team = forms.IntegerField(widget=forms.HiddenInput)
+    name = forms.CharField(label=gettext_lazy("Name"), max_length=200)
+    description = forms.CharField(
+        label=gettext_lazy("Description"), required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    embedding_model = EmbeddingModelField(
+        label=gettext_lazy("Embedding model"), queryset=ModelRegistration.objects.none(), empty_label=None
+    )
+    splitter = forms.ChoiceField(label=gettext_lazy("Splitter"), choices=list(SPLITTER_LABELS.items()))
+    chunk_size = forms.IntegerField(label=gettext_lazy("Chunk size"), min_value=20, max_value=8000, initial=800)
+    chunk_overlap = forms.IntegerField(label=gettext_lazy("Chunk overlap"), min_value=0, initial=100)
+
+    def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {})
+        kwargs["initial"].setdefault("team", team.pk)
+        kwargs["initial"].setdefault("splitter", Splitter.RECURSIVE)
+        default = team_default_model(team=team, kind=ModelKind.EMBEDDING)
+        if default is not None:
+            kwargs["initial"].setdefault("embedding_model", default.pk)
+        super().__init__(*args, **kwargs)
+        # Only the team's own embedding models: an id from another team is simply not a choice.
+        field = self.fields["embedding_model"]
+        assert isinstance(field, EmbeddingModelField)
+        field.queryset = ModelRegistration.objects.filter(team=team, kind=ModelKind.EMBEDDING).order_by("name")
+
+
+def _user(request: HttpRequest) -> User:
+    assert isinstance(request.user, User)  # every view here is login_required
+    return request.user
+
+
+def _knowledge_bases(request: HttpRequest) -> QuerySet[KnowledgeBase]:
+    """The user's teams' knowledge bases, less those holding files dropped into a conversation:
+    they belong to the conversation (and may be private to its owner)."""
+    return team_scoped(KnowledgeBase.objects.filter(file_conversation__isnull=True), user=_user(request))
+
+
+def _list_context(request: HttpRequest, team: Team, form: KnowledgeBaseForm | None) -> dict[str, Any]:
+    knowledge_bases = (
+        _knowledge_bases(request)
+        .filter(team=team)
+        .select_related("embedding_model")
+        .annotate(
+            document_count=Count("documents"),
+            ready_count=Count("documents", filter=Q(documents__status=DocumentStatus.READY)),
+            failed_count=Count("documents", filter=Q(documents__status=DocumentStatus.FAILED)),
+        )
+        .order_by("name")
+    )
+    can_create = has_team_role(user=_user(request), api_key=None, team_id=team.pk, role=CREATE_ROLE)
+    if can_create and form is None:
+        form = KnowledgeBaseForm(team=team)
+    return {"team": team, "knowledge_bases": knowledge_bases, "can_create": can_create, "form": form}
 
 
 @login_required
 def kb_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "web/kb/list.html", {})
+    team = current_membership(request).team
+    return render(request, "web/kb/list.html", _list_context(request, team, None))
+
+
+@login_required
+@require_POST
+def kb_create_view(request: HttpRequest) -> HttpResponse:
+    """The form names the team its page was shown for, so a switch in another tab meanwhile
+    cannot put the knowledge base into a different team."""
+    try:
+        team_id = int(request.POST.get("team", ""))
+    except ValueError:
+        team_id = current_membership(request).team_id
+    team = teams_for(user=_user(request)).filter(pk=team_id).first()
+    if team is None:
+        raise Http404(_("No such team."))
+    if current_membership(request).team_id != team.pk:
+        team_switch(request, team.pk)
+    if not has_team_role(user=_user(request), api_key=None, team_id=team.pk, role=CREATE_ROLE):
+        return HttpResponse(
+            _("Only the team's admins and owners may create knowledge bases: ask one of them."), status=403
+        )
+    form = KnowledgeBaseForm(request.POST, team=team)
+    if form.is_valid():
+        data = form.cleaned_data
+        try:
+            kb = kb_create(
+                team=team,
+                name=data["name"].strip(),
+                description=data["description"],
+                embedding_model=data["embedding_model"],
+                splitter=data["splitter"],
+                chunk_size=data["chunk_size"],
+                chunk_overlap=data["chunk_overlap"],
+            )
+        except KnowledgeBaseError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, _("Knowledge base %(name)s created: add documents to it.") % {"name": kb.name})
+            return redirect("web:kb-detail", kb.pk)
+    return render(request, "web/kb/list.html", _list_context(request, team, form), status=400)
+
+
+@login_required
+def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    kb = _knowledge_bases(request).select_related("embedding_model", "team").filter(pk=pk).first()
+    if kb is None:
+        raise Http404(_("No such knowledge base."))
+    if current_membership(request).team_id != kb.team_id:
+        team_switch(request, kb.team_id)  # a link from another of the user's teams
+    documents = list(Document.objects.filter(knowledge_base=kb).order_by("-pk")[:DOCUMENTS_SHOWN])
+    counts = Document.objects.filter(knowledge_base=kb).aggregate(
+        total=Count("pk"),
+        ready=Count("pk", filter=Q(status=DocumentStatus.READY)),
+        failed=Count("pk", filter=Q(status=DocumentStatus.FAILED)),
+    )
+    return render(
+        request,
+        "web/kb/detail.html",
+        {
+            "kb": kb,
+            "rows": [{"document": document, "status_label": STATUS_LABELS[document.status]} for document in documents],
+            "counts": counts,
+            "more_documents": max(counts["total"] - len(documents), 0),
+            "can_upload": has_team_role(user=_user(request), api_key=None, team_id=kb.team_id, role=UPLOAD_ROLE),
+            "status_labels": STATUS_LABELS,
+            "search_modes": SEARCH_MODES,
+        },
+    )
