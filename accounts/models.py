@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class User(AbstractUser):
@@ -148,3 +149,39 @@ class Quota(models.Model):
     def __str__(self) -> str:
         who = self.user or "whole team"
         return f"{self.team}: {who} {self.daily_tokens}/day"
+
+
+API_KEY_USE_PATH_MAX = 1000
+
+
+class ApiKeyUse(models.Model):
+    """One request made with an API key: the audit log of key use. Written after the response by
+    accounts.audit.ApiKeyAuditMiddleware, pruned after API_KEY_AUDIT_RETENTION_DAYS."""
+
+    # SET_NULL and the copied prefix: deleting a key must not erase the record of what it did.
+    key = models.ForeignKey(
+        ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="uses", verbose_name=_("API key")
+    )
+    key_prefix = models.CharField(_("key prefix"), max_length=16)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="api_key_uses", verbose_name=_("team"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="api_key_uses",
+        verbose_name=_("user"),
+    )
+    method = models.CharField(_("method"), max_length=10)
+    path = models.CharField(_("path"), max_length=API_KEY_USE_PATH_MAX)
+    status_code = models.PositiveSmallIntegerField(_("status code"))
+    client_ip = models.GenericIPAddressField(_("client IP"), null=True, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("API key use")
+        verbose_name_plural = _("API key uses")
+
+    def __str__(self) -> str:
+        return f"{self.key_prefix}… {self.method} {self.path} {self.status_code}"

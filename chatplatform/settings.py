@@ -41,7 +41,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "chatplatform.apps.ConsoleAdminConfig",  # django.contrib.admin with the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -70,6 +70,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Records each request an API key authenticated, with its status (accounts.ApiKeyUse).
+    "accounts.audit.ApiKeyAuditMiddleware",
     "web.middleware.UserLanguageMiddleware",
     "web.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -201,6 +203,8 @@ SPECTACULAR_SETTINGS = {
 # team may set its own). Signed-in browser sessions are not limited.
 API_RATE_LIMIT_KEY_PER_MINUTE = env.int("API_RATE_LIMIT_KEY_PER_MINUTE", default=120)
 API_RATE_LIMIT_TEAM_PER_MINUTE = env.int("API_RATE_LIMIT_TEAM_PER_MINUTE", default=600)
+# The API-key audit log (accounts.audit) keeps this many days; beat prunes older rows hourly.
+API_KEY_AUDIT_RETENTION_DAYS = env.int("API_KEY_AUDIT_RETENTION_DAYS", default=90)
 
 ADMIN_PASSWORD = env.str("CHATPLATFORM_ADMIN_PASSWORD", default="")
 DEFAULT_TEAM_SLUG = "default"

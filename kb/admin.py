@@ -1,5 +1,5 @@
-"""Admin console: knowledge bases, documents (stage, progress, error; actions Re-index and Retry),
-chunks (read-only)."""
+"""Admin console: knowledge bases (upload page; action Rebuild), documents (stage, progress, error;
+actions Re-index and Retry), chunks (read-only). Each action is written to the audit log."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_noop, ngettext
 
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
-from kb.services import document_reindex, documents_upload
+from kb.services import KnowledgeBaseError, document_reindex, documents_upload, kb_rebuild
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -25,7 +28,7 @@ class MultipleFileInput(forms.ClearableFileInput):
 class UploadForm(forms.Form):
     upload = forms.FileField(
         widget=MultipleFileInput(attrs={"multiple": True}),
-        help_text="One or more files; ZIP archives are expanded.",
+        help_text=_lazy("One or more files; ZIP archives are expanded."),
     )
 
 
@@ -35,14 +38,36 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
     list_filter = ["team", "splitter", "embedding_model"]
     search_fields = ["name", "description", "team__name"]
     readonly_fields = ["generation", "rebuild_settings"]
+    actions = ["rebuild"]
 
     def get_urls(self) -> list[URLPattern]:
         upload = path("<int:kb_id>/upload/", self.admin_site.admin_view(self.upload_view), name="kb_upload")
         return [upload, *super().get_urls()]
 
-    @admin.display(description="upload")
+    @admin.display(description=_lazy("upload"))
     def upload_link(self, kb: KnowledgeBase) -> str:
-        return format_html('<a href="{}">Upload files</a>', reverse("admin:kb_upload", args=[kb.pk]))
+        return format_html('<a href="{}">{}</a>', reverse("admin:kb_upload", args=[kb.pk]), _("Upload files"))
+
+    @admin.action(description=_lazy("Rebuild (re-chunk and re-embed every document; search stays up)"))
+    def rebuild(self, request: HttpRequest, queryset: QuerySet[KnowledgeBase]) -> None:
+        """What `manage.py kb_rebuild` does, with the knowledge base's current settings."""
+        for kb in queryset:
+            try:
+                kb = kb_rebuild(kb=kb)
+            except KnowledgeBaseError as exc:
+                self.message_user(request, f"{kb.name}: {exc}", messages.ERROR)
+                continue
+            self.log_change(request, kb, gettext_noop("Rebuild started"))
+            count = kb.documents.count()
+            self.message_user(
+                request,
+                ngettext(
+                    "%(name)s: %(count)d document queued for the rebuild.",
+                    "%(name)s: %(count)d documents queued for the rebuild.",
+                    count,
+                )
+                % {"name": kb.name, "count": count},
+            )
 
     def upload_view(self, request: HttpRequest, kb_id: int) -> HttpResponse:
         kb = get_object_or_404(KnowledgeBase, pk=kb_id)
@@ -51,11 +76,20 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
         if request.method == "POST":
             uploads = request.FILES.getlist("upload")
             result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
-            self.message_user(request, f"{len(result.created)} queued, {len(result.duplicates)} already present.")
+            self.message_user(
+                request,
+                _("%(queued)d queued, %(present)d already present.")
+                % {"queued": len(result.created), "present": len(result.duplicates)},
+            )
             for refusal in result.rejected:
-                self.message_user(request, f"Refused {refusal.name}: {refusal.reason}", messages.ERROR)
+                self.message_user(
+                    request,
+                    _("Refused %(name)s: %(reason)s") % {"name": refusal.name, "reason": refusal.reason},
+                    messages.ERROR,
+                )
             return redirect(reverse("admin:kb_document_changelist") + f"?knowledge_base__id__exact={kb.pk}")
-        context = {**self.admin_site.each_context(request), "title": f"Upload to {kb.name}", "form": UploadForm(),
+        context = {**self.admin_site.each_context(request), "title": _("Upload to %(name)s") % {"name": kb.name},
+                   "form": UploadForm(),
                    "knowledge_base": kb, "opts": self.model._meta}  # fmt: skip
         return render(request, "admin/kb/upload.html", context)
 
@@ -72,19 +106,34 @@ class DocumentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # uploads go through a knowledge base's "Upload files" page, the API or kb_import
 
-    @admin.action(description="Re-index the selected documents")
+    @admin.action(description=_lazy("Re-index the selected documents"))
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        for document in queryset:
+        documents = list(queryset)
+        for document in documents:
             document_reindex(document=document)
-        self.message_user(request, f"Queued {queryset.count()} document(s) for re-indexing.")
+            self.log_change(request, document, gettext_noop("Re-indexed"))
+        self.message_user(
+            request,
+            ngettext(
+                "Queued %(count)d document for re-indexing.",
+                "Queued %(count)d documents for re-indexing.",
+                len(documents),
+            )
+            % {"count": len(documents)},
+        )
 
-    @admin.action(description="Retry the selected failed documents")
+    @admin.action(description=_lazy("Retry the selected failed documents"))
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        failed = queryset.filter(status=DocumentStatus.FAILED)
-        count = failed.count()
+        # Only failed ones: retrying a document that is being ingested would start it twice.
+        failed = list(queryset.filter(status=DocumentStatus.FAILED))
         for document in failed:
             document_reindex(document=document)
-        self.message_user(request, f"Queued {count} failed document(s) again.")
+            self.log_change(request, document, gettext_noop("Retried"))
+        self.message_user(
+            request,
+            ngettext("Queued %(count)d failed document again.", "Queued %(count)d failed documents again.", len(failed))
+            % {"count": len(failed)},
+        )
 
 
 @admin.register(Chunk)
@@ -101,6 +150,6 @@ class ChunkAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.display(description="text")
+    @admin.display(description=_lazy("text"))
     def short_text(self, chunk: Chunk) -> str:
         return chunk.text[:120]

@@ -1,14 +1,20 @@
 """Admin console: providers (API key write-only), registrations with status and the actions
-Launch, Terminate, Test, their events, and team defaults."""
+Launch, Terminate, Test (each written to the audit log, as the dashboard's buttons are), their
+events, and team defaults."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.utils.translation import gettext_noop
 
 from models_registry.models import ModelEvent, ModelRegistration, Provider, TeamModelDefaults
 from models_registry.providers import client_for
@@ -24,11 +30,13 @@ from models_registry.services import (
 
 class ProviderForm(forms.ModelForm):
     # Model servers usually live on a private network over plain HTTP.
-    endpoint = forms.URLField(assume_scheme="http", help_text="Base URL without /v1, e.g. http://xinference:9997")
+    endpoint = forms.URLField(
+        assume_scheme="http", help_text=_lazy("Base URL without /v1, e.g. http://xinference:9997")
+    )
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Stored encrypted and never shown. Leave empty to keep the current key.",
+        help_text=_lazy("Stored encrypted and never shown. Leave empty to keep the current key."),
     )
 
     class Meta:
@@ -49,11 +57,11 @@ class ProviderAdmin(admin.ModelAdmin):
         if form.cleaned_data.get("api_key"):
             provider_set_api_key(provider=obj, api_key=form.cleaned_data["api_key"])
 
-    @admin.display(boolean=True, description="API key set")
+    @admin.display(boolean=True, description=_lazy("API key set"))
     def has_credentials(self, provider: Provider) -> bool:
         return provider.has_credentials
 
-    @admin.action(description="Test connection (list the models it serves)")
+    @admin.action(description=_lazy("Test connection (list the models it serves)"))
     def test_connection(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
         for provider in queryset:
             try:
@@ -61,7 +69,10 @@ class ProviderAdmin(admin.ModelAdmin):
             except ProviderError as exc:
                 self.message_user(request, f"{provider.name}: {exc}", messages.ERROR)
                 continue
-            self.message_user(request, f"{provider.name}: reachable, serving {', '.join(uids) or 'no models'}")
+            serving = ", ".join(uids) or _("no models")
+            self.message_user(
+                request, _("%(name)s: reachable, serving %(models)s") % {"name": provider.name, "models": serving}
+            )
 
 
 class ModelEventInline(admin.TabularInline):
@@ -73,6 +84,53 @@ class ModelEventInline(admin.TabularInline):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+@dataclass(frozen=True)
+class LifecycleAction:
+    """A registration's lifecycle step as the admin runs it, from its action list or the dashboard.
+    `done` and `failed` are what the audit log (LogEntry) records: msgids, translated when shown."""
+
+    run: Callable[[ModelRegistration], str]
+    success: str
+    done: str
+    failed: str
+
+
+def _launch(registration: ModelRegistration) -> str:
+    registration_launch(registration=registration)
+    return ""
+
+
+def _terminate(registration: ModelRegistration) -> str:
+    registration_terminate(registration=registration)
+    return ""
+
+
+def _test(registration: ModelRegistration) -> str:
+    return registration_test(registration=registration).detail
+
+
+LIFECYCLE_ACTIONS: dict[str, LifecycleAction] = {
+    "launch": LifecycleAction(
+        run=_launch,
+        success=gettext_noop("%(name)s: launched"),
+        done=gettext_noop("Launched"),
+        failed=gettext_noop("Launch failed"),
+    ),
+    "terminate": LifecycleAction(
+        run=_terminate,
+        success=gettext_noop("%(name)s: terminated"),
+        done=gettext_noop("Terminated"),
+        failed=gettext_noop("Terminate failed"),
+    ),
+    "test": LifecycleAction(
+        run=_test,
+        success=gettext_noop("%(name)s: ok, %(outcome)s"),
+        done=gettext_noop("Tested"),
+        failed=gettext_noop("Test failed"),
+    ),
+}
 
 
 @admin.register(ModelRegistration)
@@ -93,33 +151,34 @@ class ModelRegistrationAdmin(admin.ModelAdmin):
     inlines = [ModelEventInline]
     actions = ["launch", "terminate", "test"]
 
-    def _each(self, request: HttpRequest, queryset: QuerySet[ModelRegistration], verb: str, act: Any) -> None:
-        for registration in queryset:
-            try:
-                outcome = act(registration)
-            except (ProviderError, RegistryError) as exc:
-                self.message_user(request, f"{registration.name}: {exc}", messages.ERROR)
-                continue
-            self.message_user(request, f"{registration.name}: {verb}{outcome}")
+    def run_lifecycle(self, request: HttpRequest, registration: ModelRegistration, action: str) -> bool:
+        """Run one step, tell the user how it went and write it to the audit log, failures too
+        (a failed launch still changed the registration's status). True when it succeeded."""
+        step = LIFECYCLE_ACTIONS[action]
+        try:
+            outcome = step.run(registration)
+        except (ProviderError, RegistryError) as exc:
+            self.message_user(request, f"{registration.name}: {exc}", messages.ERROR)
+            self.log_change(request, registration, step.failed)
+            return False
+        self.message_user(request, _(step.success) % {"name": registration.name, "outcome": outcome})
+        self.log_change(request, registration, step.done)
+        return True
 
-    @admin.action(description="Launch (and keep running)")
+    @admin.action(description=_lazy("Launch (and keep running)"))
     def launch(self, request: HttpRequest, queryset: QuerySet[ModelRegistration]) -> None:
-        self._each(
-            request, queryset, "launched", lambda registration: registration_launch(registration=registration) and ""
-        )
+        for registration in queryset:
+            self.run_lifecycle(request, registration, "launch")
 
-    @admin.action(description="Terminate (and stop keeping running)")
+    @admin.action(description=_lazy("Terminate (and stop keeping running)"))
     def terminate(self, request: HttpRequest, queryset: QuerySet[ModelRegistration]) -> None:
-        self._each(
-            request,
-            queryset,
-            "terminated",
-            lambda registration: registration_terminate(registration=registration) and "",
-        )
+        for registration in queryset:
+            self.run_lifecycle(request, registration, "terminate")
 
-    @admin.action(description="Test (one real call)")
+    @admin.action(description=_lazy("Test (one real call)"))
     def test(self, request: HttpRequest, queryset: QuerySet[ModelRegistration]) -> None:
-        self._each(request, queryset, "ok, ", lambda registration: registration_test(registration=registration).detail)
+        for registration in queryset:
+            self.run_lifecycle(request, registration, "test")
 
 
 @admin.register(ModelEvent)

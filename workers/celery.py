@@ -16,4 +16,13 @@ QUEUES = ("ingest", "llm", "default")
 app = Celery("chatplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in QUEUES]
+# Beside CELERY_BEAT_SCHEDULE (settings): hourly, so each prune deletes an hour's worth of rows.
+app.conf.beat_schedule = {
+    **app.conf.beat_schedule,
+    "accounts-prune-api-key-uses": {
+        "task": "accounts.prune_api_key_uses",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
+}
 app.autodiscover_tasks()
