@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint typecheck bench lock clean
+.PHONY: run test lint typecheck bench lock messages clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -44,6 +44,12 @@ test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 # Figures for the README and the notes; never part of `make test`.
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
+
+# The Chinese catalogue: extract the strings, translate the new ones in locale/zh_Hans/.../django.po,
+# then compile it (the .mo is committed, so a fresh machine needs no gettext tools). Needs gettext.
+messages: $(VENV)/.runtime
+	$(PY) manage.py makemessages -l zh_Hans --no-location --ignore=.venv --ignore=var --ignore=tests --ignore=bench --ignore=docker
+	$(PY) manage.py compilemessages -l zh_Hans --ignore=.venv
 
 lock: $(VENV)/.runtime
 	$(UV) pip compile --quiet --python-version 3.11 --generate-hashes requirements.in -o requirements.lock
