@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 from accounts.models import Role
 from chat.models import Message
 from chat.services import conversation_create
+from models_registry.services import team_defaults_set
 from tests.browser import screenshot, signed_in_context
 from tests.conftest import member_of
 from tests.test_chat import chat_setup  # noqa: F401  (the fixture)
@@ -54,10 +55,36 @@ def test_sign_in_ask_and_see_the_answer_stream_with_a_citation_that_opens_its_so
 
     saved = Message.objects.filter(conversation__owner=chat_setup["user"], role="assistant").latest("pk")
     assert saved.citations, "the knowledge-base answer carries its sources"
+
+    # The running summary on demand (none yet after one turn, and the page says why).
+    page.get_by_test_id("show-summary").click()
+    expect(page.get_by_test_id("summary-text")).to_contain_text("No summary yet")
+
+    # Regenerate: the answer is written again, in place of the first one.
+    page.get_by_test_id("regenerate").click()
+    expect(page.locator(f'[data-message-id="{saved.pk}"]')).to_have_count(0)
+    expect(page.locator(".message.assistant[data-status]").last.get_by_test_id("feedback")).to_be_visible(
+        timeout=ANSWER_TIMEOUT_MS
+    )
+    assert Message.objects.filter(conversation=saved.conversation, role="assistant").count() == 1
+    saved = Message.objects.filter(conversation=saved.conversation, role="assistant").get()
+    answer = page.locator(f'[data-message-id="{saved.pk}"]')
+
+    # A file dropped into the chat is parsed and embedded for this conversation; that needs the
+    # team's default embedding model, and the page says so while there is none.
+    dropped = [{"name": "visit.txt", "mimeType": "text/plain", "buffer": b"The office plant is a fern named Otto."}]
+    page.get_by_test_id("file-input").set_input_files(files=dropped)
+    expect(page.get_by_test_id("file-status")).to_contain_text("default embedding model")
+    team_defaults_set(team=chat_setup["team"], embedding=chat_setup["kb"].embedding_model)
+    page.get_by_test_id("file-input").set_input_files(files=[])
+    page.get_by_test_id("file-input").set_input_files(files=dropped)
+    expect(page.get_by_test_id("file-status")).to_contain_text("visit.txt: ready", timeout=ANSWER_TIMEOUT_MS)
+    assert saved.conversation.file_knowledge_base.documents.filter(status="ready").count() == 1  # type: ignore[union-attr]
+    screenshot(page, "chat-file-dropped")
+
     answer.get_by_test_id("thumbs-up").click()
     expect(answer.get_by_test_id("thumbs-up")).to_have_class(re.compile("chosen"))
     _wait(lambda: Message.objects.get(pk=saved.pk).feedback == 1)
-
     answer.get_by_test_id("source-link").first.click()
     expect(page.get_by_test_id("cited-chunk")).to_contain_text(saved.citations[0]["snippet"][:40])
     expect(page.get_by_test_id("source-document")).to_have_text(saved.citations[0]["document_name"])

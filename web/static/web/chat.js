@@ -241,7 +241,9 @@ document.addEventListener("DOMContentLoaded", () => {
       try { result = await response.json(); } catch (_) { /* an error page */ }
       const parts = (result.documents || []).map((doc) => doc.original_name + ": " + doc.status);
       for (const rejected of result.rejected || []) parts.push(rejected.name + ": " + rejected.reason);
-      if (!response.ok && !parts.length) parts.push(await apiErrorText(response));
+      if (!response.ok && !parts.length) {
+        parts.push((result.error && result.error.message) || response.status + " " + response.statusText);
+      }
       status.textContent = parts.join(" · ");
       for (const doc of result.documents || []) watchDocument(doc, parts);
     }
