@@ -7,7 +7,7 @@ Corpus: Debian's python3.11-doc (English HTML) and debian-reference-zh-cn (Chine
 downloaded with apt and unpacked under var/bench/. Never run by the tests.
 
 Environment: BENCH_DOCS (corpus size), BENCH_CHAT_SAMPLES (20) and BENCH_STREAMS (50) for a smaller
-smoke run."""
+smoke run; BENCH_SIZES (padded chunk counts); BENCH_REPORT (the report's file name, without .md)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import re
+import resource
 import secrets
 import statistics
 import subprocess
@@ -74,6 +75,36 @@ def bench_venv() -> Path:
         subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
         stamp.write_text("ok\n")
     return python
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        tree.append(pid)
+        queue.extend(children.get(pid, []))
+    return tree
+
+
+def peak_rss_mib(root: int) -> float:
+    """Peak resident memory (VmHWM) summed over a process tree: an upper bound on the tree's peak,
+    since its processes need not peak at the same moment."""
+    total_kib = 0
+    for pid in process_tree(root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return total_kib / 1024
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -262,6 +293,12 @@ def main() -> None:
                     timings.append((time.perf_counter() - started) * 1000)
                 latency[size][mode] = timings
             recall[size] = vector_recall(kb, embedder, query_texts[:20])
+        memory = {
+            "web (this process: uploads, retrieval, chat streams)": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 1024,
+            "worker (celery, 2 ingest processes)": peak_rss_mib(worker.pid),
+            "Xinference (server and both model processes)": peak_rss_mib(server.process.pid) if server.process else 0.0,
+        }
     finally:
         if worker is not None:
             worker.terminate()
@@ -272,8 +309,10 @@ def main() -> None:
         render(files, failed, ours_s, ours_chunks, stages, floor_s, plain, latency, recall)
         + render_quality(quality, len(questions), plain["chunks"])
         + render_chat(chat)
+        + render_memory(memory)
     )
-    out = BASE_DIR / "bench" / "results" / f"{date.today().isoformat()}-{platform.node() or 'machine'}.md"
+    name = os.environ.get("BENCH_REPORT") or f"{date.today().isoformat()}-{platform.node() or 'machine'}"
+    out = BASE_DIR / "bench" / "results" / f"{name}.md"
     out.write_text(report)
     print(report)
     log(f"report written to {out.relative_to(BASE_DIR)}")
@@ -604,6 +643,14 @@ def vector_recall(kb, embedder, queries: list[str]) -> float:  # type: ignore[no
             exact = {row[0] for row in cursor.fetchall()}
         hits += len(approximate & exact)
     return hits / (10 * len(queries))
+
+
+def render_memory(memory: dict[str, float]) -> str:
+    rows = "\n".join(f"| {name} | {mib:,.0f} |" for name, mib in memory.items())
+    return (
+        "\n## Memory\n\nPeak resident memory over the whole run (VmHWM, summed over each process tree):\n\n"
+        f"| process | peak RSS, MiB |\n| --- | ---: |\n{rows}\n"
+    )
 
 
 def render(files, failed, ours_s, ours_chunks, stages, floor_s, plain, latency, recall) -> str:  # type: ignore[no-untyped-def]
