@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 
-.PHONY: run test lint typecheck bench lock messages clean
+.PHONY: run test lint typecheck bench bench-chunking bench-streams drills lock messages clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -44,6 +44,20 @@ test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 # Figures for the README and the notes; never part of `make test`.
 bench: $(VENV)/.dev
 	$(PY) bench/run.py
+
+# Failure drills (issue 8) at full size: a worker SIGKILLed, Redis restarted, Xinference stopped for a
+# minute, PostgreSQL restarted, each during a 200-document ingestion; prints a report, exits 1 on a
+# problem. Its own var/ (var/drills); tests/test_drills.py runs them small inside `make test`.
+drills: $(VENV)/.dev
+	$(PY) bench/drills.py
+
+# 50 chat streams at once through the web tier, against a model server that stands in for a GPU.
+bench-streams: $(VENV)/.dev
+	$(PY) bench/streams.py
+
+# The chunking default's evidence: the corpus ingested once per setting, quality per mode.
+bench-chunking: $(VENV)/.dev
+	$(PY) bench/chunking.py
 
 # The Chinese catalogue: extract the strings, translate the new ones in locale/zh_Hans/.../django.po,
 # then compile it (the .mo is committed, so a fresh machine needs no gettext tools). Needs gettext.

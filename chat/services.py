@@ -21,6 +21,7 @@ from accounts.models import Quota, Team, Usage, User
 from chat import prompts
 from chat.memory import estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
+from chat.rooms import room_notify
 from chatplatform.domain_errors import DomainError
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
@@ -134,6 +135,7 @@ def room_message_post(*, conversation: Conversation, author: User, content: str)
         raise ChatError("the message is empty: write something")
     message = Message.objects.create(conversation=conversation, role=Message.Role.USER, author=author, content=content)
     Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    transaction.on_commit(lambda: room_notify(conversation_id=conversation.pk, message_ids=[message.pk]))
     return message
 
 
@@ -207,7 +209,9 @@ class AnswerPlan:
 @dataclass(kw_only=True)
 class PreparedTurn(AnswerPlan):
     conversation_id: int
+    question_message_id: int
     assistant_message_id: int
+    is_room: bool = False
 
 
 @dataclass(frozen=True)
@@ -356,7 +360,9 @@ def turn_prepare(*, conversation: Conversation, author: User, content: str, rege
     return PreparedTurn(
         **{field.name: getattr(plan, field.name) for field in fields(AnswerPlan)},
         conversation_id=conversation.pk,
+        question_message_id=question.pk,
         assistant_message_id=answer.pk,
+        is_room=conversation.is_room,
     )
 
 
@@ -399,6 +405,10 @@ def turn_finish(
         )  # fmt: skip
     if status != MessageStatus.FAILED:
         transaction.on_commit(lambda: _after_turn(turn.conversation_id))
+    if turn.is_room:
+        # However the turn came (the room's socket, the REST API, SSE), the room shows it live.
+        message_ids = [turn.question_message_id, turn.assistant_message_id]
+        transaction.on_commit(lambda: room_notify(conversation_id=turn.conversation_id, message_ids=message_ids))
     message = Message.objects.get(pk=turn.assistant_message_id)
     if status == MessageStatus.COMPLETE:
         webhook_emit(team_id=turn.team_id, event=WebhookEvent.MESSAGE_COMPLETED, payload=_completed_payload(message))

@@ -19,7 +19,7 @@ from accounts.api import TeamScopedModelViewSet, TeamScopedViewSet
 from accounts.models import Role
 from chatplatform.pagination import IdCursorPagination
 from chatplatform.serializers import StrictFieldsMixin
-from kb.models import Document, KnowledgeBase, Splitter
+from kb.models import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEFAULT_SPLITTER, Document, KnowledgeBase, Splitter
 from kb.retrieval import MODES, SearchRequest, kb_search
 from kb.services import (
     document_delete,
@@ -120,9 +120,9 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             name=data["name"],
             description=data.get("description", ""),
             embedding_model=model,
-            splitter=data.get("splitter", Splitter.RECURSIVE),
-            chunk_size=data.get("chunk_size", 800),
-            chunk_overlap=data.get("chunk_overlap", 100),
+            splitter=data.get("splitter", DEFAULT_SPLITTER),
+            chunk_size=data.get("chunk_size", DEFAULT_CHUNK_SIZE),
+            chunk_overlap=data.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP),
         )
 
     def perform_update(self, serializer: serializers.BaseSerializer[KnowledgeBase]) -> None:

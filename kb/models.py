@@ -17,14 +17,24 @@ class Splitter(models.TextChoices):
     HEADINGS = "headings", "Heading-aware (Markdown and HTML), then recursive"
 
 
+# The chunking a knowledge base gets unless it asks for another: chosen by measurement
+# (`make bench-chunking`, figures in the README's Knowledge bases section). The API, the web form
+# and kb_create all default to these.
+DEFAULT_SPLITTER = Splitter.RECURSIVE
+DEFAULT_CHUNK_SIZE = 800
+DEFAULT_CHUNK_OVERLAP = 100
+
+
 class KnowledgeBase(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="knowledge_bases")
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     embedding_model = models.ForeignKey(ModelRegistration, on_delete=models.PROTECT, related_name="knowledge_bases")
-    splitter = models.CharField(max_length=10, choices=Splitter.choices, default=Splitter.TOKENS)
-    chunk_size = models.PositiveIntegerField(default=220, help_text="Characters, or tokens for the token splitter.")
-    chunk_overlap = models.PositiveIntegerField(default=30)
+    splitter = models.CharField(max_length=10, choices=Splitter.choices, default=DEFAULT_SPLITTER)
+    chunk_size = models.PositiveIntegerField(
+        default=DEFAULT_CHUNK_SIZE, help_text="Characters, or tokens for the token splitter."
+    )
+    chunk_overlap = models.PositiveIntegerField(default=DEFAULT_CHUNK_OVERLAP)
     # Search reads chunks of `generation`. A rebuild (new chunking or embedding model) writes
     # `generation + 1` beside it and swaps when every document is built: no downtime.
     generation = models.PositiveIntegerField(default=1)

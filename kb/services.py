@@ -25,7 +25,16 @@ from chatplatform.domain_errors import DomainError
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb import fulltext
-from kb.models import ACTIVE_STATUSES, Document, DocumentStatus, KnowledgeBase, Splitter
+from kb.models import (
+    ACTIVE_STATUSES,
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SPLITTER,
+    Document,
+    DocumentStatus,
+    KnowledgeBase,
+    Splitter,
+)
 from kb.parsing import ParseError, UnsupportedFile, parse
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
 from kb.uploads import IncomingFile, Rejection, receive, workdir
@@ -84,9 +93,9 @@ def kb_create(
     name: str,
     embedding_model: ModelRegistration,
     description: str = "",
-    splitter: str = Splitter.RECURSIVE,
-    chunk_size: int = 800,
-    chunk_overlap: int = 100,
+    splitter: str = DEFAULT_SPLITTER,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
 ) -> KnowledgeBase:
     _check_embedding_model(team, embedding_model)
     _check_chunking(splitter, chunk_size, chunk_overlap, embedding_model)

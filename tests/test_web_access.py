@@ -221,3 +221,33 @@ def test_the_chinese_catalogue_is_complete_and_compiled() -> None:
         msgid for msgid, msgstr in entries if compiled.gettext(msgid.replace('\\"', '"')) != msgstr.replace('\\"', '"')
     ]
     assert stale == [], "run `make messages` to compile the catalogue"
+
+
+def test_a_room_message_saved_outside_the_socket_reaches_the_rooms_open_sockets(world: dict[str, Any]) -> None:
+    """The services tell the room once a message commits, whoever saved it (here no socket did)."""
+
+    async def listen_while_posting() -> dict[str, Any]:
+        from asgiref.sync import sync_to_async
+
+        from chatplatform.asgi import application
+
+        url = f"/ws/rooms/{world['room'].pk}/"
+        communicator = WebsocketCommunicator(application, url, headers=headers)
+        connected, _code = await communicator.connect()
+        assert connected
+        await communicator.receive_json_from(timeout=10)  # history
+        await sync_to_async(post)()
+        while True:
+            event = await communicator.receive_json_from(timeout=10)
+            if event["type"] == "message":
+                await communicator.disconnect()
+                return event
+
+    def post() -> None:
+        from chat.services import room_message_post
+
+        room_message_post(conversation=world["room"], author=world["owner"], content="posted by a bot")
+
+    headers = _headers(world["teammate"])
+    event = async_to_sync(listen_while_posting)()
+    assert "posted by a bot" in event["html"]

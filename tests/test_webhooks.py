@@ -457,7 +457,7 @@ def test_conversations_and_completed_answers_emit_after_commit(
         answer = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, model_name="SmolLM2")
         turn = PreparedTurn(
             conversation_id=conversation.pk, team_id=team.pk, user_id=owner.pk, assistant_message_id=answer.pk,
-            llm=llm, prompt=[], sources=sources, max_tokens=16, canned_answer="canned",
+            question_message_id=answer.pk, llm=llm, prompt=[], sources=sources, max_tokens=16, canned_answer="canned",
         )  # fmt: skip
         with django_capture_on_commit_callbacks(execute=True):
             turn_finish(turn=turn, content=f"{status}: see [2]", status=status)

@@ -28,6 +28,7 @@ from accounts.models import Role, User
 from accounts.selectors import has_team_role
 from chat.api import MAX_MESSAGE_CHARS, visible_conversations
 from chat.models import Conversation, Message
+from chat.rooms import room_group
 from chat.services import PreparedTurn, room_message_post, turn_prepare
 from chat.streaming import answer_event_items
 from chatplatform.domain_errors import DomainError
@@ -71,19 +72,6 @@ def _render_messages(ids: list[int] | None, conversation_id: int, since: int, la
         ]
 
 
-def _question_of(turn: PreparedTurn) -> int:
-    question = (
-        Message.objects.filter(
-            conversation_id=turn.conversation_id, role=Message.Role.USER, pk__lt=turn.assistant_message_id
-        )
-        .order_by("-pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
-    assert question is not None  # turn_prepare saved it just now
-    return question
-
-
 def _presence_client() -> aioredis.Redis:
     return aioredis.from_url(settings.REDIS_URL, decode_responses=True)
 
@@ -105,7 +93,7 @@ class RoomConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4404)
             return
         self.conversation = room
-        self.group = f"room.{room.pk}"
+        self.group = room_group(room.pk)
         self.can_write = await database_sync_to_async(has_team_role)(
             user=user, api_key=None, team_id=room.team_id, role=Role.MEMBER
         )
@@ -140,16 +128,15 @@ class RoomConsumer(AsyncJsonWebsocketConsumer):
                 turn = await database_sync_to_async(turn_prepare)(
                     conversation=self.conversation, author=user, content=text
                 )
-                question_id = await database_sync_to_async(_question_of)(turn)
-                await self._broadcast({"type": "room.message", "id": question_id})
+                await self._broadcast({"type": "room.message", "id": turn.question_message_id})
                 task = asyncio.create_task(_answer_in_room(self.channel_layer, self.group, turn))
                 _running_answers.add(task)
                 task.add_done_callback(_running_answers.discard)
             else:
-                message = await database_sync_to_async(room_message_post)(
+                # room_message_post tells the room itself, once the message is committed.
+                await database_sync_to_async(room_message_post)(
                     conversation=self.conversation, author=user, content=text
                 )
-                await self._broadcast({"type": "room.message", "id": message.pk})
         except DomainError as exc:
             await self._error(str(exc))
 

@@ -18,7 +18,15 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Role, Team, User
 from accounts.selectors import has_team_role, team_scoped, teams_for
-from kb.models import Document, DocumentStatus, KnowledgeBase, Splitter
+from kb.models import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SPLITTER,
+    Document,
+    DocumentStatus,
+    KnowledgeBase,
+    Splitter,
+)
 from kb.services import KnowledgeBaseError, kb_create
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
@@ -65,13 +73,15 @@ class KnowledgeBaseForm(forms.Form):
         label=gettext_lazy("Embedding model"), queryset=ModelRegistration.objects.none(), empty_label=None
     )
     splitter = forms.ChoiceField(label=gettext_lazy("Splitter"), choices=list(SPLITTER_LABELS.items()))
-    chunk_size = forms.IntegerField(label=gettext_lazy("Chunk size"), min_value=20, max_value=8000, initial=800)
-    chunk_overlap = forms.IntegerField(label=gettext_lazy("Chunk overlap"), min_value=0, initial=100)
+    chunk_size = forms.IntegerField(
+        label=gettext_lazy("Chunk size"), min_value=20, max_value=8000, initial=DEFAULT_CHUNK_SIZE
+    )
+    chunk_overlap = forms.IntegerField(label=gettext_lazy("Chunk overlap"), min_value=0, initial=DEFAULT_CHUNK_OVERLAP)
 
     def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
         kwargs.setdefault("initial", {})
         kwargs["initial"].setdefault("team", team.pk)
-        kwargs["initial"].setdefault("splitter", Splitter.RECURSIVE)
+        kwargs["initial"].setdefault("splitter", DEFAULT_SPLITTER)
         default = team_default_model(team=team, kind=ModelKind.EMBEDDING)
         if default is not None:
             kwargs["initial"].setdefault("embedding_model", default.pk)
