@@ -241,6 +241,9 @@ KB_INGEST_MAX_IN_FLIGHT = env.int("KB_INGEST_MAX_IN_FLIGHT", default=2)
 # and the document is handed out again.
 KB_INGEST_LEASE_S = env.int("KB_INGEST_LEASE_S", default=120)
 KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=6)
+# Vector search over at most this many chunks is exact (kb.retrieval): the shared HNSW index
+# loses recall on a filter to a few knowledge bases, and scanning a few thousand rows is cheap.
+KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000)
 
 # --- outbound requests and webhooks ----------------------------------------------------------
 

@@ -80,7 +80,7 @@ def search(client: APIClient, kb: KnowledgeBase, query: str, **options: object) 
     return response.json()["results"]
 
 
-def test_every_format_is_ingested_and_found(setup) -> None:
+def test_every_format_is_ingested_and_found(setup, settings) -> None:
     client, kb, _model = setup
     response = upload(client, kb, samples())
     assert response.status_code == 201, response.json()
@@ -105,10 +105,18 @@ def test_every_format_is_ingested_and_found(setup) -> None:
     chinese = search(client, kb, "啤酒节在哪里举行", mode="fulltext", top_k=3)
     assert chinese[0]["document_name"] == "中文.txt"
     assert FACT_ZH in chinese[0]["text"]
-    pdf_hit = search(client, kb, FACT_EN, mode="vector", top_k=20, document_ids=[
-        document.pk for document in documents if document.original_name == "report.pdf"])  # fmt: skip
-    assert {hit["document_name"] for hit in pdf_hit} == {"report.pdf"}
-    assert pdf_hit[0]["metadata"]["page"] == 2
+    pdf_ids = [document.pk for document in documents if document.original_name == "report.pdf"]
+    # Vector search is exact over a few chunks and uses the HNSW index (iterative scans) above
+    # KB_EXACT_SEARCH_MAX_CHUNKS: both ways find the same passages, filtered ones included.
+    by_way = {}
+    for exact_max in (20_000, 0):
+        settings.KB_EXACT_SEARCH_MAX_CHUNKS = exact_max
+        pdf_hit = search(client, kb, FACT_EN, mode="vector", top_k=20, document_ids=pdf_ids)
+        assert {hit["document_name"] for hit in pdf_hit} == {"report.pdf"}
+        assert pdf_hit[0]["metadata"]["page"] == 2
+        by_way[exact_max] = [hit["chunk_id"] for hit in search(client, kb, FACT_EN, mode="vector", top_k=3)]
+    assert by_way[20_000] == by_way[0]
+    settings.KB_EXACT_SEARCH_MAX_CHUNKS = 20_000
     diverse = search(client, kb, FACT_EN, mode="vector", top_k=4, mmr=True, mmr_lambda=0.3)
     assert len({hit["chunk_id"] for hit in diverse}) == 4
     high = search(client, kb, FACT_EN, mode="vector", top_k=10, score_threshold=0.99)
