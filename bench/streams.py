@@ -70,6 +70,11 @@ class FakeGpuModelHandler(BaseHTTPRequestHandler):
         pass
 
 
+class FakeGpuModelServer(ThreadingHTTPServer):
+    request_queue_size = 256  # the listen backlog: 50 connections arrive at once
+    daemon_threads = True
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -107,8 +112,7 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     team = platform_bootstrap().team
     user = User.objects.get(username="admin")
-    fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeGpuModelHandler)
-    fake.daemon_threads = True
+    fake = FakeGpuModelServer(("127.0.0.1", 0), FakeGpuModelHandler)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     fake_url = f"http://127.0.0.1:{fake.server_address[1]}"
     name = f"fake-gpu-{time.time():.0f}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+import openai
 from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -279,16 +280,24 @@ def answer_plan(
     if knowledge_bases:
         if recent:
             query = _rewrite(assistant.llm, recent, question)
-        hits = kb_search(
-            knowledge_bases=knowledge_bases,
-            request=SearchRequest(
-                query=query[:2000],
-                top_k=assistant.top_k,
-                mode=assistant.retrieval_mode,
-                score_threshold=assistant.score_threshold,
-                rerank_model=assistant.rerank_model,
-            ),
-        )
+        try:
+            hits = kb_search(
+                knowledge_bases=knowledge_bases,
+                request=SearchRequest(
+                    query=query[:2000],
+                    top_k=assistant.top_k,
+                    mode=assistant.retrieval_mode,
+                    score_threshold=assistant.score_threshold,
+                    rerank_model=assistant.rerank_model,
+                ),
+            )
+        except openai.APIError as exc:
+            # The embedding model (the query's vector) is down or refusing: like the chat model
+            # down, a 503 that says so, not a 500.
+            names = ", ".join(sorted({kb.embedding_model.name for kb in knowledge_bases}))
+            raise ModelUnavailable(
+                f"the embedding model {names} did not answer ({type(exc).__name__}: {exc}); try again"
+            ) from exc
     sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
     system = assistant.system_prompt
     if extra_system:

@@ -4,25 +4,32 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('kb', '0003_hnsw_index_384'),
+        ("kb", "0003_hnsw_index_384"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='knowledgebase',
-            name='chunk_overlap',
+            model_name="knowledgebase",
+            name="chunk_overlap",
             field=models.PositiveIntegerField(default=100),
         ),
         migrations.AlterField(
-            model_name='knowledgebase',
-            name='chunk_size',
-            field=models.PositiveIntegerField(default=800, help_text='Characters, or tokens for the token splitter.'),
+            model_name="knowledgebase",
+            name="chunk_size",
+            field=models.PositiveIntegerField(default=800, help_text="Characters, or tokens for the token splitter."),
         ),
         migrations.AlterField(
-            model_name='knowledgebase',
-            name='splitter',
-            field=models.CharField(choices=[('recursive', 'Recursive characters (knows Chinese punctuation)'), ('tokens', "Token count (the embedding model's tokenizer)"), ('headings', 'Heading-aware (Markdown and HTML), then recursive')], default='recursive', max_length=10),
+            model_name="knowledgebase",
+            name="splitter",
+            field=models.CharField(
+                choices=[
+                    ("recursive", "Recursive characters (knows Chinese punctuation)"),
+                    ("tokens", "Token count (the embedding model's tokenizer)"),
+                    ("headings", "Heading-aware (Markdown and HTML), then recursive"),
+                ],
+                default="recursive",
+                max_length=10,
+            ),
         ),
     ]
