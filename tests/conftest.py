@@ -196,14 +196,16 @@ def live_asgi_url(django_db_setup: None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium (installed by `make test`), driven by Playwright."""
+@pytest.fixture
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Debian's Chromium (installed by `make test`), driven by Playwright. Per test: Playwright's
+    sync API keeps an event loop running in this thread while it is open, and later tests that
+    call async code synchronously (async_to_sync, asyncio.run) cannot run beside it."""
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
-    # between browser steps are still plain synchronous calls.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    # The ORM calls the tests make between browser steps are plain synchronous calls; Django
+    # sees Playwright's loop and would refuse them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:

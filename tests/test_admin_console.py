@@ -5,6 +5,8 @@ the audit log of admin actions (LogEntry) and the audit log of API key use (ApiK
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -85,6 +87,18 @@ def purge_queues() -> None:
     celery_app.control.purge()
 
 
+@contextmanager
+def ingest_consumers_paused() -> Iterator[None]:
+    """The session's test worker, when one runs, stops taking `ingest` messages, so the messages a
+    test queues stay there to be counted."""
+    replies = celery_app.control.cancel_consumer("ingest", reply=True, timeout=2)
+    try:
+        yield
+    finally:
+        if replies:
+            celery_app.control.add_consumer("ingest", reply=True, timeout=5)
+
+
 # --- the dashboard, in the test client --------------------------------------------------------
 
 
@@ -130,13 +144,14 @@ def test_the_dashboard_shows_usage_ingestion_and_models(team) -> None:
     Usage.objects.create(team=team, user=admin, model_name="Ancient", day=today - timedelta(days=20), requests=1,
                          tokens_in=99_999, tokens_out=0)  # fmt: skip
     _kb, failed, _ready = knowledge_base_with_documents(team)
-    base = queue_depths()["ingest"]
-    for _ in range(2):
-        ingest.delay(failed.pk, "stale-token")  # a worker would find the token stale and do nothing
-    try:
-        page = client.get(DASHBOARD).content.decode()
-    finally:
-        purge_queues()
+    with ingest_consumers_paused():
+        base = queue_depths()["ingest"]
+        for _ in range(2):
+            ingest.delay(failed.pk, "stale-token")  # a worker would find the token stale and do nothing
+        try:
+            page = client.get(DASHBOARD).content.decode()
+        finally:
+            purge_queues()
 
     team_block = _between(page, 'data-testid="usage-per-team"', 'data-testid="usage-per-model"')
     assert "<svg" in team_block
@@ -326,51 +341,52 @@ def test_dashboard_in_the_browser_shows_usage_and_launches_and_terminates_a_mode
         custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()), dimensions=384,
     )  # fmt: skip
     registration_terminate(registration=embedding)  # stopped on the server: Launch has real work to do
-    depth = queue_depths()["ingest"] + 1
-    ingest.delay(failed.pk, "stale-token")
+    with ingest_consumers_paused():
+        depth = queue_depths()["ingest"] + 1
+        ingest.delay(failed.pk, "stale-token")
 
-    context = signed_in_context(browser, live_asgi_url, admin)
-    page = context.new_page()
-    try:
-        page.goto("/admin/")
-        page.get_by_role("link", name="Open the dashboard").click()
-        expect(page).to_have_url(re.compile(r"/admin/dashboard/$"))
-        per_team = page.get_by_test_id("usage-per-team")
-        expect(per_team.locator("svg")).to_contain_text("Acme Research")
-        expect(per_team.locator("svg")).to_contain_text("2345")
-        expect(per_team.locator("table")).to_contain_text("2345")
-        per_model = page.get_by_test_id("usage-per-model")
-        expect(per_model.locator("svg")).to_contain_text("1545")
-        expect(per_model.locator("table")).to_contain_text("800")
-        expect(page.get_by_test_id("usage-per-day").locator("svg rect")).to_have_count(14)
-        expect(page.get_by_test_id("queue-ingest-depth")).to_have_text(str(depth))
-        expect(page.get_by_test_id("failure-reason")).to_have_text(FAILURE_REASON)
-        expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
-        screenshot(page, "admin-dashboard")
+        context = signed_in_context(browser, live_asgi_url, admin)
+        page = context.new_page()
+        try:
+            page.goto("/admin/")
+            page.get_by_role("link", name="Open the dashboard").click()
+            expect(page).to_have_url(re.compile(r"/admin/dashboard/$"))
+            per_team = page.get_by_test_id("usage-per-team")
+            expect(per_team.locator("svg")).to_contain_text("Acme Research")
+            expect(per_team.locator("svg")).to_contain_text("2345")
+            expect(per_team.locator("table")).to_contain_text("2345")
+            per_model = page.get_by_test_id("usage-per-model")
+            expect(per_model.locator("svg")).to_contain_text("1545")
+            expect(per_model.locator("table")).to_contain_text("800")
+            expect(page.get_by_test_id("usage-per-day").locator("svg rect")).to_have_count(14)
+            expect(page.get_by_test_id("queue-ingest-depth")).to_have_text(str(depth))
+            expect(page.get_by_test_id("failure-reason")).to_have_text(FAILURE_REASON)
+            expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
+            screenshot(page, "admin-dashboard")
 
-        with page.expect_navigation(timeout=LAUNCH_TIMEOUT_MS):
-            page.get_by_test_id(f"launch-{embedding.pk}").click()
-        expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Running")
-        expect(page.locator(".messagelist")).to_contain_text("MiniLM: launched")
-        assert embedded_xinference.EMBEDDING_UID in {model.uid for model in xinference.client.running_models()}
-        screenshot(page, "admin-model-launched")
+            with page.expect_navigation(timeout=LAUNCH_TIMEOUT_MS):
+                page.get_by_test_id(f"launch-{embedding.pk}").click()
+            expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Running")
+            expect(page.locator(".messagelist")).to_contain_text("MiniLM: launched")
+            assert embedded_xinference.EMBEDDING_UID in {model.uid for model in xinference.client.running_models()}
+            screenshot(page, "admin-model-launched")
 
-        with page.expect_navigation(timeout=60_000):
-            page.get_by_test_id(f"terminate-{embedding.pk}").click()
-        expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
-        assert embedded_xinference.EMBEDDING_UID not in {model.uid for model in xinference.client.running_models()}
-        assert logged(embedding) == ["Launched", "Terminated"]
+            with page.expect_navigation(timeout=60_000):
+                page.get_by_test_id(f"terminate-{embedding.pk}").click()
+            expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
+            assert embedded_xinference.EMBEDDING_UID not in {model.uid for model in xinference.client.running_models()}
+            assert logged(embedding) == ["Launched", "Terminated"]
 
-        page.get_by_role("link", name="Audit log", exact=True).click()
-        expect(page.locator("#result_list")).to_contain_text("Launched")
-        expect(page.locator("#result_list")).to_contain_text("Terminated")
-        expect(page.locator("#result_list")).to_contain_text("MiniLM")
-        screenshot(page, "admin-audit-log")
-    finally:
-        context.close()
-        purge_queues()
-        # Other tests in the session expect the two default models running.
-        xinference.launch_default_models()
+            page.get_by_role("link", name="Audit log", exact=True).click()
+            expect(page.locator("#result_list")).to_contain_text("Launched")
+            expect(page.locator("#result_list")).to_contain_text("Terminated")
+            expect(page.locator("#result_list")).to_contain_text("MiniLM")
+            screenshot(page, "admin-audit-log")
+        finally:
+            context.close()
+            purge_queues()
+            # Other tests in the session expect the two default models running.
+            xinference.launch_default_models()
 
 
 def _between(text: str, start: str, end: str) -> str:
