@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
-import sys
 import time
 from datetime import date
 
@@ -20,10 +18,13 @@ from run import (
     BENCH_DIR,
     corpus,
     document_ranks,
+    ingest_and_wait,
     known_item_questions,
+    launch_embedding_model,
     log,
     mrr_at,
     recall_at,
+    start_ingest_worker,
 )
 
 CHUNKINGS = os.environ.get("BENCH_CHUNKINGS", "recursive:800:100,recursive:1000:150,recursive:1000:200,tokens:256:32")
@@ -33,17 +34,12 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection
 
     from accounts.services import platform_bootstrap
     from kb.models import Chunk, Document
     from kb.retrieval import SearchRequest, kb_search
-    from kb.services import documents_upload, kb_create
-    from models_registry import embedded_xinference
-    from models_registry.services import provider_create, registration_create, registration_launch
-    from tests.conftest import database_url_of
+    from kb.services import kb_create
     from tests.xinference_server import XinferenceServer
 
     files = corpus()
@@ -57,34 +53,14 @@ def main() -> None:
     rows = []
     try:
         run_name = f"chunking-{time.time():.0f}"
-        provider = provider_create(team=team, name=run_name, kind="xinference", endpoint=server.endpoint)
-        model = registration_launch(registration=registration_create(
-            provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-            launch_spec=embedded_xinference.embedding_launch(),
-            custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-            dimensions=384))  # fmt: skip
-        env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,default", "--concurrency", "2",
-             "-l", "warning", "--without-mingle", "--without-gossip"], cwd=BASE_DIR, env=env)  # fmt: skip
-        time.sleep(5)
+        _provider, model = launch_embedding_model(team, server, run_name)
+        worker = start_ingest_worker()
         for chunking in CHUNKINGS.split(","):
             splitter, size, overlap = chunking.split(":")
             kb = kb_create(team=team, name=f"{run_name}-{chunking}", embedding_model=model, splitter=splitter,
                            chunk_size=int(size), chunk_overlap=int(overlap))  # fmt: skip
             log(f"{chunking}: ingesting {len(files)} documents")
-            started = time.perf_counter()
-            handles = [open(path, "rb") for path in files]  # noqa: SIM115  # closed right below
-            try:
-                documents_upload(
-                    kb=kb, uploads=[(handle, path.name) for handle, path in zip(handles, files, strict=True)]
-                )
-            finally:
-                for handle in handles:
-                    handle.close()
-            while Document.objects.filter(knowledge_base=kb, status__in=["queued", "parsing", "embedding"]).exists():
-                time.sleep(0.5)
-            seconds = time.perf_counter() - started
+            seconds = ingest_and_wait(kb, files)
             documents = list(Document.objects.filter(knowledge_base=kb))
             names = {document.original_name: str(document.pk) for document in documents}
             answers = [names.get(path.name, "not ingested") for _, path in questions]

@@ -181,23 +181,66 @@ def mrr_at(ranks: list[int | None], k: int) -> float:
     return sum(1 / rank for rank in ranks if rank is not None and rank <= k) / len(ranks)
 
 
+def launch_embedding_model(team, server, name: str):  # type: ignore[no-untyped-def]
+    """A provider for the bench's Xinference and MiniLM registered and launched on it."""
+    from models_registry import embedded_xinference
+    from models_registry.services import provider_create, registration_create, registration_launch
+
+    provider = provider_create(team=team, name=name, kind="xinference", endpoint=server.endpoint)
+    model = registration_launch(registration=registration_create(
+        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        launch_spec=embedded_xinference.embedding_launch(),
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        dimensions=384))  # fmt: skip
+    return provider, model
+
+
+def start_ingest_worker() -> subprocess.Popen[bytes]:
+    """A Celery worker on ingest and default against the bench's database and Redis."""
+    from django.conf import settings
+    from django.db import connection
+
+    from tests.conftest import database_url_of
+
+    env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,default", "--concurrency", "2",
+         "-l", "warning", "--without-mingle", "--without-gossip"], cwd=BASE_DIR, env=env)  # fmt: skip
+    time.sleep(5)
+    return worker
+
+
+def ingest_and_wait(kb, files: list[Path]) -> float:  # type: ignore[no-untyped-def]
+    """Upload `files` into `kb` and wait until none is queued, parsing or embedding; seconds taken."""
+    from kb.models import Document
+    from kb.services import documents_upload
+
+    started = time.perf_counter()
+    handles = [open(path, "rb") for path in files]  # noqa: SIM115  # closed right below
+    try:
+        documents_upload(kb=kb, uploads=[(handle, path.name) for handle, path in zip(handles, files, strict=True)])
+    finally:
+        for handle in handles:
+            handle.close()
+    while Document.objects.filter(knowledge_base=kb, status__in=["queued", "parsing", "embedding"]).exists():
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     import django
 
     django.setup()
     import numpy as np
-    from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection
 
     from accounts.services import platform_bootstrap
     from kb.models import Chunk, Document
     from kb.retrieval import SearchRequest, kb_search
-    from kb.services import documents_upload, kb_create
+    from kb.services import kb_create
     from models_registry import embedded_xinference
     from models_registry.langchain_models import embeddings_for
-    from models_registry.services import provider_create, registration_create, registration_launch
-    from tests.conftest import database_url_of
+    from models_registry.services import registration_create, registration_launch
     from tests.xinference_server import XinferenceServer
 
     files = corpus()
@@ -210,30 +253,12 @@ def main() -> None:
     worker = None
     try:
         name = f"bench-{time.time():.0f}"
-        provider = provider_create(team=team, name=name, kind="xinference", endpoint=server.endpoint)
-        model = registration_launch(registration=registration_create(
-            provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-            launch_spec=embedded_xinference.embedding_launch(),
-            custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-            dimensions=384))  # fmt: skip
+        provider, model = launch_embedding_model(team, server, name)
         kb = kb_create(team=team, name=name, embedding_model=model)
-        env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,default", "--concurrency", "2",
-             "-l", "warning", "--without-mingle", "--without-gossip"], cwd=BASE_DIR, env=env)  # fmt: skip
-        time.sleep(5)
+        worker = start_ingest_worker()
 
         log(f"ingesting {len(files)} documents through the platform")
-        started = time.perf_counter()
-        handles = [open(path, "rb") for path in files]  # noqa: SIM115  # closed right below
-        try:
-            documents_upload(kb=kb, uploads=[(handle, path.name) for handle, path in zip(handles, files, strict=True)])
-        finally:
-            for handle in handles:
-                handle.close()
-        while Document.objects.filter(knowledge_base=kb, status__in=["queued", "parsing", "embedding"]).exists():
-            time.sleep(0.5)
-        ours_s = time.perf_counter() - started
+        ours_s = ingest_and_wait(kb, files)
         documents = list(Document.objects.filter(knowledge_base=kb))
         ours_chunks = Chunk.objects.filter(knowledge_base=kb).count()
         stages = {stage: sum(d.stage_timings.get(stage, 0) for d in documents) for stage in

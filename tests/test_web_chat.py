@@ -18,7 +18,7 @@ from chat.services import conversation_create
 from models_registry.services import team_defaults_set
 from tests.browser import screenshot, signed_in_context
 from tests.conftest import member_of
-from tests.test_chat import chat_setup  # noqa: F401  (the fixture)
+from tests.test_chat import chat_setup, wait_until  # noqa: F401  (chat_setup is the fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ANSWER_TIMEOUT_MS = 180_000
@@ -84,7 +84,7 @@ def test_sign_in_ask_and_see_the_answer_stream_with_a_citation_that_opens_its_so
 
     answer.get_by_test_id("thumbs-up").click()
     expect(answer.get_by_test_id("thumbs-up")).to_have_class(re.compile("chosen"))
-    _wait(lambda: Message.objects.get(pk=saved.pk).feedback == 1)
+    wait_until(lambda: Message.objects.get(pk=saved.pk).feedback == 1, timeout=30)
     answer.get_by_test_id("source-link").first.click()
     expect(page.get_by_test_id("cited-chunk")).to_contain_text(saved.citations[0]["snippet"][:40])
     expect(page.get_by_test_id("source-document")).to_have_text(saved.citations[0]["document_name"])
@@ -108,13 +108,6 @@ def _lengths_while_streaming(page: Page, streaming_body: Any) -> list[int]:
             lengths.append(texts[-1])
         page.wait_for_timeout(50)
     return lengths
-
-
-def _wait(condition: Any, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
 
 
 def test_two_members_in_a_team_room_see_each_other_and_the_streamed_answer(

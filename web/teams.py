@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest
 
-from accounts.models import Membership, Role, Team, User
+from accounts.models import Membership, Team, User
 
 SESSION_KEY = "web_team_id"
 
@@ -39,7 +39,3 @@ def team_switch(request: HttpRequest, team_id: int) -> Team:
         raise Http404("No such team.")
     request.session[SESSION_KEY] = membership.team_id
     return membership.team
-
-
-def can_write(membership: Membership) -> bool:
-    return membership.has_role(Role.MEMBER)
