@@ -234,21 +234,10 @@ def corpus(tag: str, count: int) -> dict[str, bytes]:
 def models_launch(team: Team, endpoint: str) -> tuple[ModelRegistration, ModelRegistration]:
     """SmolLM2 and MiniLM on the drills' Xinference, launched, and so kept running: the reconcile
     task relaunches them when they are gone."""
-    from models_registry import embedded_xinference
-    from models_registry.services import provider_create, registration_create, registration_launch
+    from models_registry.services import registration_launch
+    from tests.test_chat import models_on
 
-    venv = embedded_xinference.default_venv_dir()
-    provider = provider_create(team=team, name=f"drills-{endpoint.rsplit(':', 1)[-1]}", kind="xinference",
-                               endpoint=endpoint)  # fmt: skip
-    llm = registration_create(
-        provider=provider, kind="llm", name="SmolLM2", provider_model_uid=embedded_xinference.LLM_UID,
-        launch_spec=embedded_xinference.llm_launch(), custom_spec=embedded_xinference.llm_spec(venv),
-    )  # fmt: skip
-    embedding = registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(), custom_spec=embedded_xinference.embedding_spec(venv),
-        dimensions=384,
-    )  # fmt: skip
+    llm, embedding = models_on(team, endpoint)
     return registration_launch(registration=llm), registration_launch(registration=embedding)
 
 
