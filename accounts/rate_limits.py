@@ -1,18 +1,25 @@
 """Per-key and per-team request limits for API-key traffic: fixed one-minute windows counted in
 Redis, so every web process shares the count. Checked when a key authenticates, which is the
-one step every API request passes (DRF views, the streaming views and /v1 alike)."""
+one step every API request passes (DRF views, the streaming views and /v1 alike).
+
+While Redis is down the limits are not counted and requests go through (logged): the limits guard
+against a runaway client, and an outage of the counter should not take the whole API down with
+it. Token quotas, which are about money, live in PostgreSQL and still hold."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.cache import cache
+from redis import RedisError
 from rest_framework.exceptions import Throttled
 
 from accounts.models import ApiKey
 
 WINDOW_S = 60
+logger = logging.getLogger(__name__)
 
 
 def _count(bucket: str, window: int) -> int:
@@ -24,6 +31,13 @@ def _count(bucket: str, window: int) -> int:
 
 def rate_limit_check(key: ApiKey) -> None:
     """Count this request against the key and its team; raise 429 (with Retry-After) past a limit."""
+    try:
+        _check(key)
+    except RedisError as exc:
+        logger.warning("rate limits not counted for API key %s: Redis is unavailable (%s)", key.pk, exc)
+
+
+def _check(key: ApiKey) -> None:
     now = time.time()
     window = int(now // WINDOW_S)
     retry_after = WINDOW_S - int(now % WINDOW_S)

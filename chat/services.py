@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-import openai
 from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -23,7 +22,7 @@ from chat import prompts
 from chat.memory import estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
-from chatplatform.domain_errors import DomainError
+from chatplatform.domain_errors import DomainError, ModelUnavailable
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb.models import KnowledgeBase
@@ -45,11 +44,6 @@ class ChatError(DomainError):
 class QuotaExceeded(DomainError):
     status_code = 429
     code = "quota_exceeded"
-
-
-class ModelUnavailable(DomainError):
-    status_code = 503
-    code = "model_unavailable"
 
 
 # --- assistants and conversations -------------------------------------------------------------
@@ -280,24 +274,17 @@ def answer_plan(
     if knowledge_bases:
         if recent:
             query = _rewrite(assistant.llm, recent, question)
-        try:
-            hits = kb_search(
-                knowledge_bases=knowledge_bases,
-                request=SearchRequest(
-                    query=query[:2000],
-                    top_k=assistant.top_k,
-                    mode=assistant.retrieval_mode,
-                    score_threshold=assistant.score_threshold,
-                    rerank_model=assistant.rerank_model,
-                ),
-            )
-        except openai.APIError as exc:
-            # The embedding model (the query's vector) is down or refusing: like the chat model
-            # down, a 503 that says so, not a 500.
-            names = ", ".join(sorted({kb.embedding_model.name for kb in knowledge_bases}))
-            raise ModelUnavailable(
-                f"the embedding model {names} did not answer ({type(exc).__name__}: {exc}); try again"
-            ) from exc
+        # The embedding model down raises ModelUnavailable (503) from the search itself.
+        hits = kb_search(
+            knowledge_bases=knowledge_bases,
+            request=SearchRequest(
+                query=query[:2000],
+                top_k=assistant.top_k,
+                mode=assistant.retrieval_mode,
+                score_threshold=assistant.score_threshold,
+                rerank_model=assistant.rerank_model,
+            ),
+        )
     sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
     system = assistant.system_prompt
     if extra_system:

@@ -7,3 +7,10 @@ class DomainError(Exception):
 
     status_code = 400
     code = "invalid"
+
+
+class ModelUnavailable(DomainError):
+    """A model (chat, embedding) is down or refusing: the request may be tried again later."""
+
+    status_code = 503
+    code = "model_unavailable"

@@ -39,7 +39,6 @@ from chat.models import Assistant
 from chat.services import (
     AnswerPlan,
     ChatError,
-    ModelUnavailable,
     Turn,
     answer_plan,
     assistant_default_for,
@@ -47,7 +46,7 @@ from chat.services import (
     usage_record,
 )
 from chatplatform.async_views import body_asks_for_stream, stream_or_rest
-from chatplatform.domain_errors import DomainError
+from chatplatform.domain_errors import DomainError, ModelUnavailable
 from models_registry.langchain_models import chat_model_for, embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import openai
 from django.conf import settings
 from django.db import connection, transaction
 
-from chatplatform.domain_errors import DomainError
+from chatplatform.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
 from kb.models import KnowledgeBase
 from kb.vector_indexes import embedding_expression, vector_type
@@ -99,6 +100,17 @@ SELECT_HIT = (
 )
 
 
+def _query_vector(model: ModelRegistration, query: str) -> list[float]:
+    """The query's embedding; the embedding model down or refusing is a 503 that says so (the
+    search API and chat alike), not a 500."""
+    try:
+        return embeddings_for(model).embed_query(query)
+    except openai.APIError as exc:
+        raise ModelUnavailable(
+            f"the embedding model {model.name} did not answer ({type(exc).__name__}: {exc}); try again shortly"
+        ) from exc
+
+
 def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
     """Per embedding model (knowledge bases may differ): exact when the knowledge bases hold at
     most KB_EXACT_SEARCH_MAX_CHUNKS chunks, else an HNSW search on its dimension's index.
@@ -116,7 +128,7 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
     for group in by_model.values():
         model = group[0].embedding_model
         dims = int(model.dimensions or 0)
-        query_vector = json.dumps(embeddings_for(model).embed_query(request.query))
+        query_vector = json.dumps(_query_vector(model, request.query))
         where, params = _filters(group, request)
         exact = _at_most_chunks(where, params, settings.KB_EXACT_SEARCH_MAX_CHUNKS)
         # The uncast column matches no HNSW index, so the planner scans the filtered rows exactly.

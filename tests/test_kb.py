@@ -323,6 +323,20 @@ def test_search_requests_are_validated(setup) -> None:
         assert field in str(response.json()["error"]), body
 
 
+def test_search_while_the_embedding_model_is_down_is_a_503_that_says_so(team) -> None:
+    dead = embedding_model(team, f"http://127.0.0.1:{free_port()}", launch=False)
+    kb = kb_create(team=team, name="Down", embedding_model=dead)
+    client = bearer_client(member_of(team, Role.MEMBER), team)
+    url = f"/api/v1/knowledge-bases/{kb.pk}/search/"
+    for mode in ("vector", "hybrid"):
+        response = client.post(url, {"query": "where is the vault key?", "mode": mode}, format="json")
+        assert response.status_code == 503, (mode, response.content)
+        assert response.json()["error"]["code"] == "model_unavailable"
+        assert f"the embedding model {dead.name} did not answer" in response.json()["error"]["message"]
+    # Full-text search needs no model and still answers.
+    assert client.post(url, {"query": "vault", "mode": "fulltext"}, format="json").status_code == 200
+
+
 def test_a_knowledge_base_only_takes_its_teams_embedding_models(team, other_team) -> None:
     from kb.services import KnowledgeBaseError
 

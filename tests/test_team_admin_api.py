@@ -186,6 +186,23 @@ def test_the_teams_keys_share_the_team_limit(team) -> None:
     assert "team" in first.get("/api/v1/teams/").json()["error"]["message"]
 
 
+def test_api_keys_still_work_while_redis_is_down_and_are_limited_again_after(team, settings, caplog) -> None:
+    from tests.xinference_server import free_port
+
+    member = member_of(team, Role.MEMBER)
+    _key, secret = api_key_create(user=member, team=team, name="steady", rate_limit_per_minute=2)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    redis_up = settings.CACHES
+    # A real Redis client against a port where nothing listens: the counter is unreachable.
+    settings.CACHES = {"default": {**redis_up["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
+    statuses = [client.get("/api/v1/teams/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 200]
+    assert "Redis is unavailable" in caplog.text
+    settings.CACHES = redis_up
+    assert [client.get("/api/v1/teams/").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_v1_models_offers_a_new_teams_default_assistant(team) -> None:
     from models_registry.services import provider_create, registration_create, team_defaults_set
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from accounts.models import Role
 from chat.models import Message
@@ -46,8 +47,7 @@ def test_sign_in_ask_and_see_the_answer_stream_with_a_citation_that_opens_its_so
     page.get_by_test_id("send").click()
 
     # Tokens arrive one by one: the answer's text grows while the message is still streaming.
-    streaming_body = page.locator(".message.assistant .body.streaming")
-    lengths = _lengths_while_streaming(page, streaming_body)
+    lengths = _lengths_while_streaming(page)
     assert len(set(lengths)) >= 2, f"the answer did not grow while streaming: {lengths}"
     answer = page.locator(".message.assistant[data-status]").last
     expect(answer.get_by_test_id("feedback")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
@@ -92,9 +92,20 @@ def test_sign_in_ask_and_see_the_answer_stream_with_a_citation_that_opens_its_so
     context.close()
 
 
-def _lengths_while_streaming(page: Page, streaming_body: Any) -> list[int]:
-    """The answer's length, sampled while it is being written."""
-    streaming_body.first.wait_for(timeout=ANSWER_TIMEOUT_MS)
+def _lengths_while_streaming(page: Page) -> list[int]:
+    """The answer's length, sampled while it is being written. Fails with what the page and the
+    database say when no token comes (the page's error, the answer's saved status)."""
+    try:
+        page.wait_for_function(
+            "() => !document.getElementById('chat-error').hidden || Array.from(document.querySelectorAll("
+            "'.message.assistant .body.streaming')).some(el => el.textContent.length > 0)",
+            timeout=ANSWER_TIMEOUT_MS,
+        )
+    except PlaywrightTimeoutError:
+        answers = list(Message.objects.filter(role="assistant").order_by("-pk").values("status", "error")[:1])
+        raise AssertionError(f"no token within {ANSWER_TIMEOUT_MS} ms; the answer saved so far: {answers}") from None
+    error = page.get_by_test_id("chat-error")
+    assert not error.is_visible(), f"the chat failed: {error.text_content()}"
     lengths: list[int] = []
     deadline = time.monotonic() + ANSWER_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
@@ -145,7 +156,7 @@ def test_two_members_in_a_team_room_see_each_other_and_the_streamed_answer(
     # Bob addresses the assistant; both see its answer written token by token, then saved.
     bob_page.get_by_test_id("composer-input").fill("@assistant Say hello to the team.")
     bob_page.get_by_test_id("send").click()
-    lengths = _lengths_while_streaming(alice_page, alice_page.locator(".message.assistant .body.streaming"))
+    lengths = _lengths_while_streaming(alice_page)
     assert len(set(lengths)) >= 2, f"alice did not see the answer grow: {lengths}"
     for page in (alice_page, bob_page):
         expect(page.locator(".message.assistant[data-status]").last.get_by_test_id("feedback")).to_be_visible(

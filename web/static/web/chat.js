@@ -122,6 +122,8 @@ document.addEventListener("DOMContentLoaded", () => {
     } finally {
       setBusy(false);
       if (messageId !== null) await replaceWithSaved(article, messageId);
+      else if (!target.textContent) article.remove();  // failed before the answer began: the error says why
+      else target.classList.remove("streaming");
       refreshSummary();
     }
   }
