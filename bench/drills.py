@@ -142,6 +142,7 @@ class Fault:
     down_s: float
     notes: list[str] = field(default_factory=list)
     replies_while_down: list[ChatReply] = field(default_factory=list)
+    acknowledged_while_down: list[Acknowledged] = field(default_factory=list)
 
 
 @dataclass
@@ -330,14 +331,23 @@ def _in_flight_names(document_ids: list[int]) -> list[str]:
     )  # fmt: skip
 
 
-def _chat_while_down(stack: Stack, scene: Scene, stopped: float, down_s: float) -> list[ChatReply]:
-    """Chat once at once, then every CHAT_RETRY_S while the part is to stay down; returns the replies."""
-    replies = [stack.chat(scene, QUESTION)]
+def _chat_while_down(stack: Stack, scene: Scene, stopped: float, down_s: float) -> Fault:
+    """Chat once at once, then every CHAT_RETRY_S while the part is to stay down. The replies, and
+    the turns answered 201 (chat needs no Redis: those must survive like any other)."""
+    down = Fault(restarted_at=0.0, down_s=0.0)
+
+    def chat() -> None:
+        reply, acked = ask(stack, scene)
+        down.replies_while_down.append(reply)
+        if acked is not None:
+            down.acknowledged_while_down.append(acked)
+
+    chat()
     while time.monotonic() + CHAT_RETRY_S < stopped + down_s:
         time.sleep(CHAT_RETRY_S)
-        replies.append(stack.chat(scene, QUESTION))
+        chat()
     time.sleep(max(0.0, stopped + down_s - time.monotonic()))
-    return replies
+    return down
 
 
 def worker_kill(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
@@ -358,23 +368,25 @@ def redis_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s: f
     # SIGTERM: Redis appends what it holds to its append-only file and exits, as on a host reboot.
     embedded._redis_stop(stack.var_dir)
     stopped = time.monotonic()
-    replies = _chat_while_down(stack, scene, stopped, down_s)
+    fault = _chat_while_down(stack, scene, stopped, down_s)
     embedded.embedded_redis(stack.var_dir).restart_if_down()
-    back = time.monotonic()
-    return Fault(restarted_at=back, down_s=back - stopped, replies_while_down=replies,
-                 notes=[f"Redis down for {back - stopped:.1f}s"])  # fmt: skip
+    fault.restarted_at = time.monotonic()
+    fault.down_s = fault.restarted_at - stopped
+    fault.notes.append(f"Redis down for {fault.down_s:.1f}s")
+    return fault
 
 
 def xinference_stop(stack: Stack, scene: Scene, document_ids: list[int], outage_s: float) -> Fault:
     stack.xinference.stop()
     stopped = time.monotonic()
-    replies = _chat_while_down(stack, scene, stopped, outage_s)
+    fault = _chat_while_down(stack, scene, stopped, outage_s)
     # Same port, no models: the platform has to relaunch them (the reconcile task, run by beat).
     stack.xinference.start()
-    back = time.monotonic()
-    return Fault(restarted_at=back, down_s=back - stopped, replies_while_down=replies, notes=[
-        f"Xinference stopped for {back - stopped:.1f}s (answering again, with no models running, "
-        f"{back - stopped - outage_s:.1f}s after it was started)"])  # fmt: skip
+    fault.restarted_at = time.monotonic()
+    fault.down_s = fault.restarted_at - stopped
+    fault.notes.append(f"Xinference stopped for {fault.down_s:.1f}s (answering again, with no models running, "
+                       f"{fault.down_s - outage_s:.1f}s after it was started)")  # fmt: skip
+    return fault
 
 
 def postgres_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s: float) -> Fault:
@@ -385,12 +397,13 @@ def postgres_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s
     # PostgreSQL's fast shutdown: open transactions roll back and every connection drops.
     embedded._postgres_stop((stack.var_dir / "pgdata").resolve())
     stopped = time.monotonic()
-    replies = _chat_while_down(stack, scene, stopped, down_s)
+    fault = _chat_while_down(stack, scene, stopped, down_s)
     embedded.embedded_postgres(stack.var_dir).restart_if_down()
     connection.close()  # this process's connection died with the server
-    back = time.monotonic()
-    return Fault(restarted_at=back, down_s=back - stopped, replies_while_down=replies,
-                 notes=[f"PostgreSQL down for {back - stopped:.1f}s"])  # fmt: skip
+    fault.restarted_at = time.monotonic()
+    fault.down_s = fault.restarted_at - stopped
+    fault.notes.append(f"PostgreSQL down for {fault.down_s:.1f}s")
+    return fault
 
 
 # --- running and checking a drill ---------------------------------------------------------------
@@ -427,6 +440,7 @@ def run_drill(
     happened = fault(stack, scene, document_ids)
     result.notes += happened.notes
     result.replies_while_down = happened.replies_while_down
+    acknowledged += happened.acknowledged_while_down
     result.recovery = _recover(stack, scene, document_ids, happened.restarted_at, settle_timeout_s, acknowledged)
     _check(result, scene, document_ids + seed, acknowledged)
     result.total_s = time.monotonic() - started

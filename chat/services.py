@@ -400,7 +400,9 @@ def turn_finish(
             tokens_out=tokens_out,
         )  # fmt: skip
     if status != MessageStatus.FAILED:
-        transaction.on_commit(lambda: _after_turn(turn.conversation_id))
+        # Robust: the answer is saved; a broker that is down costs this turn's title or summary
+        # (logged), and the next turn asks for them again.
+        transaction.on_commit(lambda: _after_turn(turn.conversation_id), robust=True)
     if turn.is_room:
         # However the turn came (the room's socket, the REST API, SSE), the room shows it live.
         message_ids = [turn.question_message_id, turn.assistant_message_id]

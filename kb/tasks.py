@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from kb.services import document_process, documents_dispatch
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="kb.dispatch", ignore_result=True)
@@ -19,5 +24,9 @@ def ingest(document_id: int, token: str) -> None:
     try:
         document_process(document_id=document_id, token=token)
     finally:
-        # A slot is free (or a retry is scheduled): let the next document in line go.
-        dispatch.delay()
+        # A slot is free (or a retry is scheduled): let the next document in line go. With the
+        # broker down, beat's next dispatch does it; this document's own outcome is saved.
+        try:
+            dispatch.delay()
+        except BrokerUnavailable:
+            logger.warning("could not queue a dispatch after document %s: the broker is unavailable", document_id)

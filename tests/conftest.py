@@ -14,8 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
+from kombu.exceptions import OperationalError as BrokerUnavailable
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -39,8 +41,11 @@ def database_url_of(settings_dict: dict) -> str:
 def wait_for_worker(timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if celery_app.control.ping(timeout=0.5):
-            return
+        try:
+            if celery_app.control.ping(timeout=0.5):
+                return
+        except (redis.ConnectionError, BrokerUnavailable):
+            pass  # a connection from before a Redis restart (the drills): redis-py dropped it, retry
         time.sleep(0.2)
     raise RuntimeError("the test Celery worker did not answer a ping in time; see its output above")
 
@@ -207,8 +212,14 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     # sees Playwright's loop and would refuse them.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
+        # With Playwright's loop running, Django keeps this thread's connection in a context
+        # variable that outlives the test (a second connection beside the thread's own): open a
+        # fresh one per test and close it after, so that a PostgreSQL restart between browser
+        # tests (the drills) leaves nothing dead behind and nothing holds the test database.
+        connections.close_all()
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             yield chromium
         finally:
             chromium.close()
+            connections.close_all()
