@@ -26,13 +26,12 @@ stay down), DRILL_LEASE_S (the workers' KB_INGEST_LEASE_S; the platform's defaul
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import io
 import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Run as a script, bench/ is on the path and the repository root is not.
 sys.path.insert(0, str(BASE_DIR))
+
+from tests.process_groups import kill_group, stop_group  # noqa: E402  (after the path is set)
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
@@ -587,9 +588,7 @@ def drill_worker_kill(stack: Stack, scene: Scene, *, documents: int) -> DrillRes
 
 
 def drill_redis_restart(stack: Stack, scene: Scene, *, documents: int, down_s: float) -> DrillResult:
-    def fault(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
-        return redis_restart(stack, scene, document_ids, down_s)
-
+    fault = functools.partial(redis_restart, down_s=down_s)
     label = f"stop Redis (SIGTERM) for {down_s:.0f} s, start it"
     timeout_s = _settle_timeout(documents, stack.lease_s)
     return run_drill(stack, scene, name="redis", fault_label=label, documents=documents, fault=fault,
@@ -597,9 +596,7 @@ def drill_redis_restart(stack: Stack, scene: Scene, *, documents: int, down_s: f
 
 
 def drill_xinference_outage(stack: Stack, scene: Scene, *, documents: int, outage_s: float) -> DrillResult:
-    def fault(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
-        return xinference_stop(stack, scene, document_ids, outage_s)
-
+    fault = functools.partial(xinference_stop, outage_s=outage_s)
     label = f"stop Xinference for {outage_s:.0f} s, start it with no models"
     # Transient embedding failures are retried after 10, 20, 40, 80, 160 s: the timeout covers them.
     timeout_s = _settle_timeout(documents, stack.lease_s, extra_s=320.0)
@@ -608,9 +605,7 @@ def drill_xinference_outage(stack: Stack, scene: Scene, *, documents: int, outag
 
 
 def drill_postgres_restart(stack: Stack, scene: Scene, *, documents: int, down_s: float) -> DrillResult:
-    def fault(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
-        return postgres_restart(stack, scene, document_ids, down_s)
-
+    fault = functools.partial(postgres_restart, down_s=down_s)
     label = f"stop PostgreSQL (fast shutdown) for {down_s:.0f} s, start it"
     timeout_s = _settle_timeout(documents, stack.lease_s)
     return run_drill(stack, scene, name="postgres", fault_label=label, documents=documents, fault=fault,
@@ -697,20 +692,14 @@ class Child:
     def kill(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        kill_group(self.process)
         self.process = None
 
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        self.kill()
+        stop_group(self.process, timeout_s=20)
+        self.process = None
 
 
 def wait_for_worker(name_prefix: str, timeout_s: float = 90.0) -> None:

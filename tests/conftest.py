@@ -4,7 +4,6 @@ set), real Redis, and a real Celery worker process against the test database."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from accounts.models import Role
 from accounts.services import api_key_create, membership_set
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.factories import TeamFactory, UserFactory
+from tests.process_groups import kill_group
 from tests.xinference_server import XinferenceServer
 from workers.celery import app as celery_app
 
@@ -69,8 +69,7 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as an OOM killer or a crash would."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        kill_group(self.process)
         self.process = None
 
     def stop(self) -> None:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -17,6 +15,7 @@ import httpx
 
 from models_registry import embedded_xinference
 from models_registry.providers.xinference import XinferenceClient
+from tests.process_groups import kill_group, stop_group
 
 READY_TIMEOUT_S = 180
 
@@ -70,22 +69,14 @@ class XinferenceServer:
         """SIGKILL the whole process group: the server and every model process."""
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
+        kill_group(self.process)
         self.process = None
 
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill()
+        stop_group(self.process, timeout_s=30)
+        self.process = None
 
     def launch_default_models(self) -> None:
         venv_dir = embedded_xinference.default_venv_dir()
