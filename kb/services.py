@@ -170,7 +170,7 @@ def kb_rebuild(
         kb.documents.update(
             status=DocumentStatus.QUEUED, progress=0, error="", attempts=0, dispatched_at=None, lease_expires_at=None
         )
-        transaction.on_commit(_dispatch_soon, robust=True)
+        transaction.on_commit(_dispatch_soon)
     if not kb.documents.exists():
         kb_finish_rebuild_if_done(kb_id=kb.pk)
         kb.refresh_from_db()
@@ -241,7 +241,7 @@ def documents_add(*, kb: KnowledgeBase, files: Sequence[IncomingFile], rejected:
             document.save()
             result.created.append(document)
     if result.created:
-        transaction.on_commit(_dispatch_soon, robust=True)
+        transaction.on_commit(_dispatch_soon)
     return result
 
 
@@ -261,7 +261,7 @@ def document_reindex(*, document: Document) -> Document:
     Document.objects.filter(pk=document.pk).update(
         status=DocumentStatus.QUEUED, progress=0, error="", attempts=0, dispatched_at=None, lease_expires_at=None
     )
-    transaction.on_commit(_dispatch_soon, robust=True)
+    transaction.on_commit(_dispatch_soon)
     document.refresh_from_db()
     return document
 
@@ -283,11 +283,9 @@ def _delete_files(names: list[str]) -> None:
 
 
 def _dispatch_soon() -> None:
-    """Hand the new documents out now rather than at beat's next tick. Called robustly: with the
-    broker down the documents are saved and queued all the same, and the tick hands them out."""
-    from kb.tasks import dispatch
+    from kb.tasks import dispatch_soon
 
-    dispatch.delay()
+    dispatch_soon()
 
 
 # --- dispatch ---------------------------------------------------------------------------------

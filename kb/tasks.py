@@ -24,9 +24,14 @@ def ingest(document_id: int, token: str) -> None:
     try:
         document_process(document_id=document_id, token=token)
     finally:
-        # A slot is free (or a retry is scheduled): let the next document in line go. With the
-        # broker down, beat's next dispatch does it; this document's own outcome is saved.
-        try:
-            dispatch.delay()
-        except BrokerUnavailable:
-            logger.warning("could not queue a dispatch after document %s: the broker is unavailable", document_id)
+        # A slot is free (or a retry is scheduled): let the next document in line go.
+        dispatch_soon()
+
+
+def dispatch_soon() -> None:
+    """Hand documents out now rather than at beat's next tick. With the broker down this is
+    logged, not raised: what called it is saved, and beat's next dispatch hands the documents out."""
+    try:
+        dispatch.delay()
+    except BrokerUnavailable:
+        logger.warning("could not queue a dispatch: the broker is unavailable; beat's next tick will")
