@@ -1,6 +1,10 @@
-"""Per-key and per-team request limits for API-key traffic: fixed one-minute windows counted in
-Redis, so every web process shares the count. Checked when a key authenticates, which is the
-one step every API request passes (DRF views, the streaming views and /v1 alike).
+"""Per-key and per-team request limits for API-key traffic, counted in Redis so every web process
+shares the count. A sliding one-minute window: this minute's count plus last minute's, weighted by
+how much of last minute the window still covers. Fixed windows would let a client send twice its
+limit across a minute boundary, and would forget a burst the moment a new minute starts.
+
+Checked when a key authenticates, which is the one step every API request passes (DRF views, the
+streaming views and /v1 alike).
 
 While Redis is down the limits are not counted and requests go through (logged): the limits guard
 against a runaway client, and an outage of the counter should not take the whole API down with
@@ -22,11 +26,16 @@ WINDOW_S = 60
 logger = logging.getLogger(__name__)
 
 
-def _count(bucket: str, window: int) -> int:
+def _sliding_count(bucket: str, now: float) -> float:
+    """Count this request in its minute and return the requests in the minute that ends now."""
+    window = int(now // WINDOW_S)
     key = f"ratelimit:{bucket}:{window}"
     # add() creates the counter with an expiry only when it is missing; incr() is atomic in Redis.
     cache.add(key, 0, timeout=WINDOW_S * 2)
-    return int(cache.incr(key))
+    current = int(cache.incr(key))
+    previous = int(cache.get(f"ratelimit:{bucket}:{window - 1}", 0))
+    share_of_previous = 1 - (now % WINDOW_S) / WINDOW_S
+    return current + previous * share_of_previous
 
 
 def rate_limit_check(key: ApiKey) -> None:
@@ -39,17 +48,17 @@ def rate_limit_check(key: ApiKey) -> None:
 
 def _check(key: ApiKey) -> None:
     now = time.time()
-    window = int(now // WINDOW_S)
+    # A hint: by then this minute's requests start to count less.
     retry_after = WINDOW_S - int(now % WINDOW_S)
     key_limit = key.rate_limit_per_minute or settings.API_RATE_LIMIT_KEY_PER_MINUTE
-    if _count(f"key:{key.pk}", window) > key_limit:
+    if _sliding_count(f"key:{key.pk}", now) > key_limit:
         raise Throttled(
             wait=retry_after,
             detail=f"This API key allows {key_limit} requests per minute: retry in {retry_after} s, "
             "or ask a team admin for a higher limit.",
         )
     team_limit = key.team.rate_limit_per_minute or settings.API_RATE_LIMIT_TEAM_PER_MINUTE
-    if _count(f"team:{key.team_id}", window) > team_limit:
+    if _sliding_count(f"team:{key.team_id}", now) > team_limit:
         raise Throttled(
             wait=retry_after,
             detail=f"The team's API keys together allow {team_limit} requests per minute: retry in "

@@ -176,6 +176,35 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(team) -> None:
     assert bearer_client(member, team).get("/api/v1/teams/").status_code == 200
 
 
+class SteppedClock:
+    """A clock the test moves by hand, standing in for time.time in accounts.rate_limits."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_the_limit_slides_across_a_minute_boundary(team, monkeypatch) -> None:
+    import time
+
+    member = member_of(team, Role.MEMBER)
+    _key, secret = api_key_create(user=member, team=team, name="bursty", rate_limit_per_minute=3)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    minute_start = (time.time() // 60) * 60
+    clock = SteppedClock(minute_start + 58)
+    monkeypatch.setattr("accounts.rate_limits.time", clock)
+    assert [client.get("/api/v1/teams/").status_code for _ in range(3)] == [200, 200, 200]
+    # Three seconds later a new minute has begun; a fixed window would have forgotten the burst.
+    clock.now = minute_start + 61
+    assert client.get("/api/v1/teams/").status_code == 429
+    # Near the end of that minute, the burst has almost slid out of the window.
+    clock.now = minute_start + 119
+    assert client.get("/api/v1/teams/").status_code == 200
+
+
 def test_the_teams_keys_share_the_team_limit(team) -> None:
     team.rate_limit_per_minute = 4
     team.save()
