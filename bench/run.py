@@ -269,10 +269,7 @@ def main() -> None:
         log("embedding the same chunks directly (the floor)")
         texts = list(Chunk.objects.filter(knowledge_base=kb).values_list("text", flat=True))
         embedder = embeddings_for(model)
-        started = time.perf_counter()
-        for start in range(0, len(texts), 64):
-            embedder.embed_documents(texts[start : start + 64])
-        floor_s = time.perf_counter() - started
+        floor_s = embedding_floor_s(kb, model, embedder)
 
         rng = np.random.default_rng(7)
         query_texts = [texts[i][:200] for i in rng.choice(len(texts), QUERIES, replace=False)]
@@ -680,6 +677,25 @@ def render_memory(memory: dict[str, float]) -> str:
     )
 
 
+def embedding_floor_s(kb, model, embedder) -> float:  # type: ignore[no-untyped-def]
+    """Seconds the embedding model alone takes for the knowledge base's chunks, sent one document
+    at a time in the same requests the ingest worker makes, one request after another."""
+    from django.conf import settings
+
+    from kb.embedding_batches import embedding_batches, embedding_lengths
+    from kb.models import Chunk
+
+    by_document: dict[int, list[str]] = {}
+    rows = Chunk.objects.filter(knowledge_base=kb).order_by("document_id", "ordinal").values_list("document_id", "text")
+    for document_id, text in rows:
+        by_document.setdefault(document_id, []).append(text)
+    started = time.perf_counter()
+    for texts in by_document.values():
+        for batch in embedding_batches(embedding_lengths(texts, model.custom_spec), settings.KB_EMBED_BATCH):
+            embedder.embed_documents([texts[index] for index in batch])
+    return time.perf_counter() - started
+
+
 def render(files, failed, ours_s, ours_chunks, stages, floor_s, plain, latency, recall) -> str:  # type: ignore[no-untyped-def]
     cpu = platform.processor() or platform.machine()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
@@ -703,7 +719,8 @@ def render(files, failed, ours_s, ours_chunks, stages, floor_s, plain, latency, 
         f"{len(files) / ours_s * 60:.0f} | {ours_chunks / ours_s:.1f} |",
         f"| plain LangChain (BSHTMLLoader, RCTS 1000/200, in-process embeddings, FAISS) | {plain['chunks']} | "
         f"{plain['total_s']:.1f} | {plain_rate} |",
-        f"| floor: the embedding model alone on the platform's chunks (sequential batches of 64) | {ours_chunks} | "
+        f"| floor: the embedding model alone on the platform's chunks (the worker's requests, one at a time) | "
+        f"{ours_chunks} | "
         f"{floor_s:.1f} | | {ours_chunks / floor_s:.1f} |",
         "",
         f"Platform/plain time ratio: **{ours_s / plain['total_s']:.2f}** (below 1 = platform faster). "

@@ -241,7 +241,7 @@ KB_MAX_UPLOAD_BYTES = env.int("KB_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
 KB_MAX_ARCHIVE_BYTES = env.int("KB_MAX_ARCHIVE_BYTES", default=500 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads spool to disk
-KB_EMBED_BATCH = env.int("KB_EMBED_BATCH", default=64)
+KB_EMBED_BATCH = env.int("KB_EMBED_BATCH", default=32)
 # How many documents are being ingested at once, across all teams; the dispatcher hands out
 # the next ones round-robin by team, so a team's 10,000 files never hold up another's one.
 KB_INGEST_MAX_IN_FLIGHT = env.int("KB_INGEST_MAX_IN_FLIGHT", default=2)

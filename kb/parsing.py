@@ -1,6 +1,6 @@
 """Detect a file's type from its content and turn it into sections of text with structure
 (page, slide, sheet, heading path). Dedicated fast parsers throughout: pypdfium2, python-docx,
-python-pptx, openpyxl, BeautifulSoup, the standard library for e-mail, CSV, JSON and EPUB.
+python-pptx, openpyxl, lxml, the standard library for e-mail, CSV, JSON and EPUB.
 (`unstructured` was left out: for these formats it adds hundreds of MB and is several times
 slower without better text.)"""
 
@@ -13,7 +13,6 @@ import io
 import json
 import posixpath
 import re
-import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -306,35 +305,58 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[str]:
 
 
 def parse_html(path: Path, original_name: str) -> Iterator[Section]:
-    yield from html_sections(decode_text(path.read_bytes(), original_name), {})
+    yield from html_sections(decode_text(path.read_bytes(), original_name), {}, original_name)
 
 
-def html_sections(markup: str, metadata: dict[str, Any]) -> Iterator[Section]:
-    """Text between headings, each with its heading path; scripts, styles and navigation dropped."""
-    from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+HTML_DROPPED_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "template", "svg")
+HTML_TEXT_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd", "blockquote",
+                  "figcaption", "caption")  # fmt: skip
+HTML_HEADING_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
+HTML_CONTAINER_TAGS = frozenset(("li", "td", "th", "blockquote", "dd"))
+HTML_NESTED_TAGS = frozenset(("p", "li", "pre"))  # inside a container, counted with the container
 
-    with warnings.catch_warnings():
-        # XHTML (EPUB chapters, Debian's docs) parses fine as HTML; the warning is noise.
-        warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
-        soup = BeautifulSoup(markup, "lxml")
-    for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
-        tag.decompose()
-    root = soup.body or soup
+
+def html_sections(markup: str, metadata: dict[str, Any], source_name: str) -> Iterator[Section]:
+    """Text between headings, each with its heading path; scripts, styles and navigation dropped.
+
+    lxml directly rather than through BeautifulSoup: the same text, 13 times faster (100 bench
+    documents: 0.8 s against 10.8 s), and parsing shares the CPU with the embedding model."""
+    import lxml.html
+    from lxml import etree
+
+    # Bytes with the encoding named: lxml refuses a str that carries an XML encoding declaration
+    # (Debian's XHTML docs, EPUB chapters). huge_tree lifts the nesting limit from 256 to 2048;
+    # past a limit libxml2 silently drops the rest of the document, so that is an error here.
+    parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True, huge_tree=True)
+    try:
+        document = lxml.html.document_fromstring(markup.encode("utf-8", errors="replace"), parser=parser)
+    except etree.ParserError:
+        return  # no elements at all: the caller reports a file without text
+    if any(error.type_name == "ERR_RESOURCE_LIMIT" for error in parser.error_log):
+        raise ParseError(
+            f"{source_name} nests its HTML elements too deeply to be read whole (over 2048 levels): "
+            "save it as plain text or flatten it, then upload it again"
+        )
+    etree.strip_elements(document, *HTML_DROPPED_TAGS, with_tail=False)
+    body = document.find("body")
+    root = body if body is not None else document
     headings: list[str] = []
     parts: list[str] = []
-    for element in root.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd",
-                                  "blockquote", "figcaption", "caption"]):  # fmt: skip
-        if element.find_parent(["li", "td", "th", "blockquote", "dd"]) not in (None, element) and element.name in (
-            "p", "li", "pre"
-        ):  # fmt: skip
-            continue  # counted with its container
-        text = element.get_text(" ", strip=True) if element.name != "pre" else element.get_text()
+    for element in root.iter(*HTML_TEXT_TAGS):
+        if element.tag in HTML_NESTED_TAGS and any(
+            ancestor.tag in HTML_CONTAINER_TAGS for ancestor in element.iterancestors()
+        ):
+            continue
+        if element.tag == "pre":
+            text = "".join(element.itertext())
+        else:
+            text = " ".join(piece for piece in (raw.strip() for raw in element.itertext()) if piece)
         if not text:
             continue
-        if element.name[0] == "h" and element.name[1:].isdigit():
+        if element.tag in HTML_HEADING_TAGS:
             yield Section("\n".join(parts), {**metadata, "heading_path": list(headings)})
             parts = []
-            level = int(element.name[1:])
+            level = int(element.tag[1:])
             headings = [*headings[: level - 1], text]
         else:
             parts.append(text)
@@ -373,7 +395,7 @@ def parse_eml(path: Path, original_name: str) -> Iterator[Section]:
     header = "\n".join(f"{key.title()}: {value}" for key, value in metadata.items())
     if body.get_content_type() == "text/html":
         yield Section(header, metadata)
-        yield from html_sections(content, metadata)
+        yield from html_sections(content, metadata, original_name)
     else:
         yield Section(f"{header}\n\n{content}", metadata)
 
@@ -383,7 +405,7 @@ def parse_epub(path: Path, original_name: str) -> Iterator[Section]:
         with zipfile.ZipFile(path) as archive:
             for number, chapter in enumerate(_epub_spine(archive), start=1):
                 markup = archive.read(chapter).decode("utf-8", errors="replace")
-                yield from html_sections(markup, {"chapter": number})
+                yield from html_sections(markup, {"chapter": number}, original_name)
     except (KeyError, zipfile.BadZipFile) as exc:
         raise ParseError(f"{original_name} is not a readable EPUB ({exc})") from exc
 

@@ -25,6 +25,7 @@ from chatplatform.domain_errors import DomainError
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb import fulltext
+from kb.embedding_batches import embedding_batches, embedding_lengths
 from kb.models import (
     ACTIVE_STATUSES,
     DEFAULT_CHUNK_OVERLAP,
@@ -460,12 +461,14 @@ def _is_permanent(exc: Exception) -> bool:
 
 def _embed(document: Document, model: ModelRegistration, drafts: list[ChunkDraft]) -> list[list[float]]:
     embeddings = embeddings_for(model)
-    batch = settings.KB_EMBED_BATCH
-    vectors: list[list[float]] = []
-    for start in range(0, len(drafts), batch):
-        vectors.extend(embeddings.embed_documents([draft.text for draft in drafts[start : start + batch]]))
-        done = min(start + batch, len(drafts))
-        _progress(document, status=DocumentStatus.EMBEDDING, progress=20 + int(75 * done / max(len(drafts), 1)))
+    texts = [draft.text for draft in drafts]
+    by_position: dict[int, list[float]] = {}
+    for batch in embedding_batches(embedding_lengths(texts, model.custom_spec), settings.KB_EMBED_BATCH):
+        answered = embeddings.embed_documents([texts[index] for index in batch])
+        by_position.update(zip(batch, answered, strict=True))
+        progress = 20 + int(75 * len(by_position) / max(len(drafts), 1))
+        _progress(document, status=DocumentStatus.EMBEDDING, progress=progress)
+    vectors = [by_position[index] for index in range(len(texts))]
     if vectors and len(vectors[0]) != model.dimensions:
         raise ParseError(
             f"{model.name} returned {len(vectors[0])}-dimensional embeddings but is registered with "

@@ -1,6 +1,7 @@
 """Sections → chunks: recursive characters (separators that know Chinese punctuation), token
 counts with the embedding model's own tokenizer, or heading-aware. Chunks never cross a page,
-slide, sheet or heading boundary, so their metadata stays true."""
+slide or sheet boundary, so their metadata stays true; heading-aware chunks never cross a heading
+either, while the other two merge short neighbouring sections (metadata: the first section's)."""
 
 from __future__ import annotations
 

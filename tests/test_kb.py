@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -20,6 +21,7 @@ from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
 from kb.services import documents_dispatch, kb_create
 from kb.tasks import dispatch
 from models_registry import embedded_xinference
+from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelRegistration
 from models_registry.services import provider_create, registration_create, registration_launch
 from tests.conftest import WorkerProcess, bearer_client, member_of
@@ -138,6 +140,27 @@ def test_a_reupload_is_a_duplicate_that_adds_nothing(setup) -> None:
     assert [document["id"] for document in listed.json()["results"]] == [first["id"]]
     assert Chunk.objects.count() == chunks_before
     assert Document.objects.get(pk=first["id"]).attempts == 1  # no second ingestion, no embedding call
+
+
+def test_each_chunk_keeps_its_own_vector_when_requests_group_chunks_by_length(setup) -> None:
+    client, kb, model = setup
+    # Sections of very different lengths, English and Chinese: the worker embeds them longest
+    # first in requests of similar length, then must put every vector back on its own chunk.
+    sections = [
+        f"# Part {number}\n\n" + (f"{FACT_EN} " * (number * 2) if number % 2 else FACT_ZH * (number * 3))
+        for number in range(1, 16)
+    ]
+    response = upload(client, kb, {"mixed.md": "\n\n".join(sections).encode()})
+    document_id = response.json()["documents"][0]["id"]
+    wait_until(lambda: all_settled([document_id]))
+    assert Document.objects.get(pk=document_id).status == DocumentStatus.READY
+    chunks = list(Chunk.objects.filter(document_id=document_id).order_by("ordinal"))
+    assert len({len(chunk.text) for chunk in chunks}) > 5
+    direct = embeddings_for(model).embed_documents([chunk.text for chunk in chunks])
+    for chunk, expected in zip(chunks, direct, strict=True):
+        stored = np.asarray(chunk.embedding, dtype=float)
+        cosine = float(stored @ np.asarray(expected)) / (np.linalg.norm(stored) * np.linalg.norm(expected))
+        assert cosine > 0.999, (chunk.ordinal, chunk.text[:60], cosine)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kb import fulltext
+from kb.embedding_batches import REQUEST_COST_TOKENS, embedding_batches, embedding_lengths
 from kb.models import Splitter
 from kb.parsing import ParseError, UnsupportedFile, detect_type, parse
 from kb.splitting import split_sections, token_counter, tokenizer_path_for
@@ -48,6 +49,28 @@ def test_structure_is_kept(tmp_path: Path) -> None:
     html = parse(write(tmp_path, "p.html", data["page.html"]), "html", "p.html")
     assert "alert" not in " ".join(section.text for section in html)
     assert html[-1].metadata["heading_path"] == ["Guide", "Cats"]
+
+
+def test_xhtml_with_an_encoding_declaration_keeps_its_headings_and_chinese_text(tmp_path: Path) -> None:
+    markup = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><body>'
+        f"<h1>参考</h1><p>{FACT_ZH}</p><ul><li>列表 <p>内文</p></li></ul><!-- 注释 --></body></html>"
+    )
+    sections = parse(write(tmp_path, "ref.zh-cn.html", markup.encode()), "html", "ref.zh-cn.html")
+    assert [(section.text, section.metadata["heading_path"]) for section in sections] == [
+        (f"{FACT_ZH}\n列表 内文", ["参考"])
+    ]
+
+
+def test_deeply_nested_html_is_read_whole_or_refused_with_a_reason(tmp_path: Path) -> None:
+    def nested(depth: int) -> bytes:
+        return ("<p>before</p>" + "<div>" * depth + "<p>deep</p>" + "</div>" * depth + "<p>after</p>").encode()
+
+    sections = parse(write(tmp_path, "deep.html", nested(500)), "html", "deep.html")
+    assert sections[0].text == "before\ndeep\nafter"
+    # Past the parser's limit the rest of the document would be dropped without a word.
+    with pytest.raises(ParseError, match="too deeply"):
+        parse(write(tmp_path, "abyss.html", nested(5000)), "html", "abyss.html")
 
 
 def test_type_comes_from_content_not_the_name(tmp_path: Path) -> None:
@@ -115,3 +138,35 @@ def test_fulltext_terms_segment_chinese_and_drop_stop_words() -> None:
     assert "啤酒节" in fulltext.terms(FACT_ZH) or "啤酒" in fulltext.terms(FACT_ZH)
     assert "the" not in fulltext.terms("The cats of the keeper")
     assert fulltext.query_text("What do the cats eat?") == "'cats' | 'eat'"
+
+
+def test_embedding_requests_take_chunks_longest_first_and_split_only_where_padding_costs_more() -> None:
+    lengths = [12, 256, 250, 30, 256, 200, 31, 240, 5, 256] * 7
+    batches = embedding_batches(lengths, max_batch=16)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    assert all(len(batch) <= 16 for batch in batches)
+    flat = [lengths[index] for batch in batches for index in batch]
+    assert flat == sorted(lengths, reverse=True)
+    # 32 long and 32 short chunks: padding the short ones to 256 costs more than a second request.
+    long_and_short = [256] * 32 + [10] * 32
+    assert [[long_and_short[i] for i in batch] for batch in embedding_batches(long_and_short, 64)] == [
+        [256] * 32,
+        [10] * 32,
+    ]
+    # Four short ones: padding them costs less than another request would.
+    few = [256] * 4 + [10] * 4
+    assert len(embedding_batches(few, 64)) == 1
+    assert REQUEST_COST_TOKENS > (256 - 10) * 4
+    # Equal lengths: as few requests as the cap allows.
+    equal = embedding_batches([100] * 70, 32)
+    assert len(equal) == 3
+    assert all(len(batch) <= 32 for batch in equal)
+
+
+def test_embedding_lengths_count_the_models_tokens_up_to_its_window() -> None:
+    spec = embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir())
+    english, chinese = FACT_EN, FACT_ZH * 20
+    lengths = embedding_lengths([english, chinese], spec)
+    assert lengths[0] == token_counter(tokenizer_path_for(spec))(english) + 2
+    assert lengths[1] == spec["max_tokens"] == 256  # MiniLM reads 256 tokens and cuts the rest
+    assert embedding_lengths([english, chinese], None) == [len(english) // 4, len(chinese) // 4]
