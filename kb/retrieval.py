@@ -136,7 +136,7 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
         distance = f"{expression} <=> %s::{'vector' if exact else vector_type(dims)}"
         sql = (
             SELECT_HIT.format(score=f"1 - ({distance})", embedding="c.embedding", extra_from="")
-            + f" WHERE c.dims = {dims} AND {where} ORDER BY {distance} LIMIT %s"
+            + f" WHERE c.dims = {dims} AND {where} ORDER BY {distance}{', c.id' if exact else ''} LIMIT %s"
         )
         with transaction.atomic(), connection.cursor() as cursor:
             if not exact:
@@ -146,7 +146,7 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
             rows = cursor.fetchall()
         hits = [_hit(row) for row in rows]
         # relaxed_order may return rows slightly out of order: restore it.
-        lists.append(sorted(hits, key=lambda hit: hit.score, reverse=True))
+        lists.append(sorted(hits, key=by_score))
     return merge_by_score(lists)
 
 
@@ -185,8 +185,14 @@ def _hit(row: Sequence[Any]) -> Hit:
     return Hit(chunk_id, document_id, name, kb_id, text, metadata or {}, float(score), embedding)
 
 
+def by_score(hit: Hit) -> tuple[float, int]:
+    """Best first; equal scores (the same text in two documents embeds identically) in chunk
+    order, so a search answers the same order every time, exact or through the index."""
+    return (-hit.score, hit.chunk_id)
+
+
 def merge_by_score(lists: list[list[Hit]]) -> list[Hit]:
-    return sorted((hit for hits in lists for hit in hits), key=lambda hit: hit.score, reverse=True)
+    return sorted((hit for hits in lists for hit in hits), key=by_score)
 
 
 def reciprocal_rank_fusion(lists: list[list[Hit]]) -> list[Hit]:
@@ -200,7 +206,7 @@ def reciprocal_rank_fusion(lists: list[list[Hit]]) -> list[Hit]:
                 fused[hit.chunk_id] = hit
     for chunk_id, hit in fused.items():
         hit.score = round(scores[chunk_id], 6)
-    return sorted(fused.values(), key=lambda hit: hit.score, reverse=True)
+    return sorted(fused.values(), key=by_score)
 
 
 def _mmr(hits: list[Hit], knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> list[Hit]:
