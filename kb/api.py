@@ -48,9 +48,9 @@ class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = KnowledgeBase
         fields = [
             "id", "team", "name", "description", "embedding_model", "splitter", "chunk_size", "chunk_overlap",
-            "generation", "rebuilding", "document_count", "created_at", "updated_at",
+            "generation", "rebuilding", "vector_index", "document_count", "created_at", "updated_at",
         ]  # fmt: skip
-        read_only_fields = ["generation", "created_at", "updated_at"]
+        read_only_fields = ["generation", "vector_index", "created_at", "updated_at"]
 
     def get_document_count(self, kb: KnowledgeBase) -> int:
         return kb.documents.count()

@@ -25,6 +25,17 @@ DEFAULT_CHUNK_SIZE = 800
 DEFAULT_CHUNK_OVERLAP = 100
 
 
+class VectorIndex(models.TextChoices):
+    """Whether a knowledge base's chunks are in their dimension's HNSW index. Search scans a
+    knowledge base of at most KB_EXACT_SEARCH_MAX_CHUNKS chunks exactly, so those stay out of the
+    index (every row in it costs each insert a graph walk); past that size it is indexed once, by
+    the `kb.index_vectors` task, and its later chunks go in as they are stored."""
+
+    NONE = "none", "Not indexed (searched exactly)"
+    BUILDING = "building", "Being indexed"
+    READY = "ready", "Indexed"
+
+
 class KnowledgeBase(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="knowledge_bases")
     name = models.CharField(max_length=200)
@@ -40,6 +51,9 @@ class KnowledgeBase(models.Model):
     generation = models.PositiveIntegerField(default=1)
     rebuild_settings = models.JSONField(
         null=True, blank=True, help_text="While a rebuild runs: the settings it builds with."
+    )
+    vector_index = models.CharField(
+        max_length=10, choices=VectorIndex.choices, default=VectorIndex.NONE, editable=False
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -107,7 +121,8 @@ class Document(models.Model):
 class Chunk(models.Model):
     """One passage. `embedding` has no fixed dimension so knowledge bases with different embedding
     models share the table; `dims` names it, and a partial expression HNSW index per dimension
-    (`(embedding::vector(N)) WHERE dims = N`, kb.vector_indexes) makes every size searchable."""
+    (`(embedding::vector(N)) WHERE dims = N AND in_vector_index`, kb.vector_indexes) makes every
+    size searchable. `in_vector_index` follows its knowledge base's `vector_index`."""
 
     knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="chunks")
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
@@ -118,6 +133,7 @@ class Chunk(models.Model):
     dims = models.PositiveSmallIntegerField()
     embedding = VectorField()
     search_vector = SearchVectorField()
+    in_vector_index = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         ordering = ["document_id", "ordinal"]

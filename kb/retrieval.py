@@ -16,8 +16,8 @@ from django.db import connection, transaction
 
 from chatplatform.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
-from kb.models import KnowledgeBase
-from kb.vector_indexes import embedding_expression, vector_type
+from kb.models import KnowledgeBase, VectorIndex
+from kb.vector_indexes import embedding_expression, index_predicate, vector_type
 from models_registry.langchain_models import embeddings_for, reranker_for
 from models_registry.models import ModelRegistration
 
@@ -113,7 +113,8 @@ def _query_vector(model: ModelRegistration, query: str) -> list[float]:
 
 def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
     """Per embedding model (knowledge bases may differ): exact when the knowledge bases hold at
-    most KB_EXACT_SEARCH_MAX_CHUNKS chunks, else an HNSW search on its dimension's index.
+    most KB_EXACT_SEARCH_MAX_CHUNKS chunks, else an HNSW search on its dimension's index (once
+    they are in it: kb.models.VectorIndex).
 
     The HNSW index holds every team's chunks of that dimension, so a search filtered to a few
     knowledge bases walks a graph mostly made of other rows: on the bench corpus (100 documents in
@@ -131,12 +132,19 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
         query_vector = json.dumps(_query_vector(model, request.query))
         where, params = _filters(group, request)
         exact = _at_most_chunks(where, params, settings.KB_EXACT_SEARCH_MAX_CHUNKS)
+        if not exact and any(kb.vector_index != VectorIndex.READY for kb in group):
+            # Right but slower until the worker has put them in the index.
+            from kb.services import kb_request_vector_index
+
+            kb_request_vector_index(knowledge_bases=group)
+            exact = True
         # The uncast column matches no HNSW index, so the planner scans the filtered rows exactly.
         expression = "c.embedding" if exact else embedding_expression(dims, column="c.embedding")
         distance = f"{expression} <=> %s::{'vector' if exact else vector_type(dims)}"
+        rows_of_dims = f"c.dims = {dims}" if exact else index_predicate(dims, table="c")
         sql = (
             SELECT_HIT.format(score=f"1 - ({distance})", embedding="c.embedding", extra_from="")
-            + f" WHERE c.dims = {dims} AND {where} ORDER BY {distance}{', c.id' if exact else ''} LIMIT %s"
+            + f" WHERE {rows_of_dims} AND {where} ORDER BY {distance}{', c.id' if exact else ''} LIMIT %s"
         )
         with transaction.atomic(), connection.cursor() as cursor:
             if not exact:

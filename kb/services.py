@@ -31,10 +31,12 @@ from kb.models import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SPLITTER,
+    Chunk,
     Document,
     DocumentStatus,
     KnowledgeBase,
     Splitter,
+    VectorIndex,
 )
 from kb.parsing import ParseError, UnsupportedFile, parse
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
@@ -134,7 +136,8 @@ def kb_update(*, kb: KnowledgeBase, **changes: Any) -> KnowledgeBase:
         ensure_vector_index(model.dimensions or 0)
     for key, value in changes.items():
         setattr(kb, key, value)
-    kb.save()
+    # Only what changed: the worker may have moved vector_index since `kb` was read.
+    kb.save(update_fields=[*changes, "updated_at"])
     return kb
 
 
@@ -201,6 +204,55 @@ def kb_finish_rebuild_if_done(*, kb_id: int) -> bool:
         kb.save()
         kb.chunks.exclude(generation=target).delete()
     return True
+
+
+VECTOR_INDEX_BATCH = 5000  # chunks put in the HNSW index per transaction
+
+
+def kb_index_vectors(*, kb_id: int) -> None:
+    """Put a knowledge base's chunks in their dimension's HNSW index (kb.models.VectorIndex).
+    Idempotent, and resumable: each batch commits, so a killed worker's redelivered task only
+    does what is left."""
+    # Waits for stores in flight (they hold the row shared); every store after this writes its
+    # chunks indexed, so the batches below only catch the ones written before.
+    KnowledgeBase.objects.filter(pk=kb_id, vector_index=VectorIndex.NONE).update(vector_index=VectorIndex.BUILDING)
+    after_id = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM kb_chunk WHERE knowledge_base_id = %s AND id > %s AND NOT in_vector_index "
+                "ORDER BY id LIMIT %s",
+                [kb_id, after_id, VECTOR_INDEX_BATCH],
+            )
+            batch = [row[0] for row in cursor.fetchall()]
+            if not batch:
+                break
+            # Re-checked after each row's lock: a second run side by side skips what this one
+            # marked (and waits for it to commit) instead of indexing the rows again.
+            cursor.execute(
+                "UPDATE kb_chunk SET in_vector_index = true WHERE id = ANY(%s) AND NOT in_vector_index", [batch]
+            )
+        after_id = batch[-1]
+    KnowledgeBase.objects.filter(pk=kb_id, vector_index=VectorIndex.BUILDING).update(vector_index=VectorIndex.READY)
+
+
+def kb_request_vector_index(*, knowledge_bases: Sequence[KnowledgeBase]) -> None:
+    """Ask the worker to index those not indexed yet; search stays exact until it is done."""
+    from kb.tasks import index_vectors_soon
+
+    for kb in knowledge_bases:
+        if kb.vector_index == VectorIndex.NONE:
+            index_vectors_soon(kb.pk)
+
+
+def _index_vectors_once_large(kb_id: int) -> None:
+    kb = KnowledgeBase.objects.filter(pk=kb_id).first()
+    if kb is None or kb.vector_index != VectorIndex.NONE:
+        return
+    if Chunk.objects.filter(knowledge_base_id=kb_id)[: settings.KB_EXACT_SEARCH_MAX_CHUNKS + 1].count() > (
+        settings.KB_EXACT_SEARCH_MAX_CHUNKS
+    ):
+        kb_request_vector_index(knowledge_bases=[kb])
 
 
 def kb_delete(*, kb: KnowledgeBase) -> None:
@@ -435,6 +487,7 @@ def document_mark_ready(*, document: Document, generation: int, chunk_count: int
     if marked:
         _document_event(document, WebhookEvent.DOCUMENT_READY, chunk_count=chunk_count, error="")
     kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
+    _index_vectors_once_large(document.knowledge_base_id)
     return bool(marked)
 
 
@@ -489,6 +542,14 @@ def _replace_chunks(
         for ordinal, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
     ]  # fmt: skip
     with transaction.atomic(), connection.cursor() as cursor:
+        # Shared, so stores run side by side, while kb_index_vectors' switch out of NONE waits
+        # for them: no chunk is written unindexed after it (taken before the document's lock, in
+        # the order kb_rebuild takes both).
+        cursor.execute(
+            "SELECT vector_index FROM kb_knowledgebase WHERE id = %s FOR SHARE", [document.knowledge_base_id]
+        )
+        state = cursor.fetchone()
+        in_vector_index = state is not None and state[0] != VectorIndex.NONE
         # The row lock makes a stale worker (an expired lease, handed out again) wait, then find
         # its token gone and write nothing.
         locked = Document.objects.select_for_update().filter(pk=document.pk, dispatch_token=document.dispatch_token)
@@ -497,9 +558,9 @@ def _replace_chunks(
         cursor.execute("DELETE FROM kb_chunk WHERE document_id = %s AND generation = %s", [document.pk, generation])
         cursor.executemany(
             "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
-            "embedding, search_vector) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s::vector, "
-            "to_tsvector('simple', %s))",
-            rows,
+            "embedding, search_vector, in_vector_index) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s::vector, "
+            "to_tsvector('simple', %s), %s)",
+            [(*row, in_vector_index) for row in rows],
         )
 
 

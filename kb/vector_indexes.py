@@ -1,5 +1,7 @@
-"""One chunk table for every embedding size: a partial expression HNSW index per dimension.
-Queries must use exactly the indexed expression, so both come from here."""
+"""One chunk table for every embedding size: a partial expression HNSW index per dimension,
+over the chunks of the knowledge bases large enough to be searched through it (`in_vector_index`,
+see kb.models.VectorIndex). Queries must use exactly the indexed expression and imply its
+predicate, so all of them come from here."""
 
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ def embedding_expression(dims: int, column: str = "embedding") -> str:
     return f"({column}::{vector_type(int(dims))})"
 
 
+def index_predicate(dims: int, table: str = "") -> str:
+    """The index's WHERE clause; a query that includes it can use the index."""
+    prefix = f"{table}." if table else ""
+    return f"{prefix}dims = {int(dims)} AND {prefix}in_vector_index"
+
+
 def distance_operator_class(dims: int) -> str:
     return "vector_cosine_ops" if dims <= MAX_VECTOR_INDEX_DIMS else "halfvec_cosine_ops"
 
@@ -33,5 +41,5 @@ def ensure_vector_index(dims: int) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {name} ON kb_chunk USING hnsw "  # dims is an int
-            f"({embedding_expression(dims)} {distance_operator_class(dims)}) WHERE dims = {dims}"
+            f"({embedding_expression(dims)} {distance_operator_class(dims)}) WHERE {index_predicate(dims)}"
         )

@@ -15,10 +15,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import Role
-from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
+from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase, VectorIndex
 from kb.services import documents_dispatch, kb_create
 from kb.tasks import dispatch
 from models_registry import embedded_xinference
@@ -77,6 +78,20 @@ def all_settled(document_ids: list[int]) -> bool:
     return not Document.objects.filter(pk__in=document_ids, status__in=["queued", "parsing", "embedding"]).exists()
 
 
+HNSW_DISTANCE = "(c.embedding::vector(384)) <=>"  # the indexed expression; exact search uses the bare column
+
+
+def index_through_the_worker(client: APIClient, kb: KnowledgeBase) -> None:
+    """A knowledge base no larger than KB_EXACT_SEARCH_MAX_CHUNKS stays out of the HNSW index (the
+    caller has lowered it): the first search past it is still exact and has the worker index it."""
+    assert not Chunk.objects.filter(knowledge_base=kb, in_vector_index=True).exists()
+    with CaptureQueriesContext(connection) as queries:
+        assert search(client, kb, FACT_EN, mode="vector", top_k=3)
+    assert not any(HNSW_DISTANCE in query["sql"] for query in queries.captured_queries)
+    wait_until(lambda: client.get(f"/api/v1/knowledge-bases/{kb.pk}/").json()["vector_index"] == VectorIndex.READY)
+    assert not Chunk.objects.filter(knowledge_base=kb, in_vector_index=False).exists()
+
+
 def search(client: APIClient, kb: KnowledgeBase, query: str, **options: object) -> list[dict]:
     response = client.post(f"/api/v1/knowledge-bases/{kb.pk}/search/", {"query": query, **options}, format="json")
     assert response.status_code == 200, response.json()
@@ -113,19 +128,29 @@ def test_every_format_is_ingested_and_found(setup, settings) -> None:
     # KB_EXACT_SEARCH_MAX_CHUNKS: both ways find the same passages, filtered ones included. Several
     # formats hold FACT_EN alone in a chunk, and equal texts embed equally: when more of them tie
     # than top_k keeps, either way may keep any of them, so passages compare by score and text.
-    by_way = {}
+    by_way, used_hnsw = {}, {}
     for exact_max in (20_000, 0):
         settings.KB_EXACT_SEARCH_MAX_CHUNKS = exact_max
-        pdf_hit = search(client, kb, FACT_EN, mode="vector", top_k=20, document_ids=pdf_ids)
-        assert {hit["document_name"] for hit in pdf_hit} == {"report.pdf"}
-        assert pdf_hit[0]["metadata"]["page"] == 2
-        by_way[exact_max] = [
-            (round(hit["score"], 6), hit["text"]) for hit in search(client, kb, FACT_EN, mode="vector", top_k=3)
-        ]
+        if exact_max == 0:
+            index_through_the_worker(client, kb)
+        with CaptureQueriesContext(connection) as queries:
+            pdf_hit = search(client, kb, FACT_EN, mode="vector", top_k=20, document_ids=pdf_ids)
+            assert {hit["document_name"] for hit in pdf_hit} == {"report.pdf"}
+            assert pdf_hit[0]["metadata"]["page"] == 2
+            by_way[exact_max] = [
+                (round(hit["score"], 6), hit["text"]) for hit in search(client, kb, FACT_EN, mode="vector", top_k=3)
+            ]
+        used_hnsw[exact_max] = any(HNSW_DISTANCE in query["sql"] for query in queries.captured_queries)
     assert by_way[20_000] == by_way[0]
+    assert used_hnsw == {20_000: False, 0: True}
     ranked = search(client, kb, FACT_EN, mode="vector", top_k=10)
     ties = [(a, b) for a, b in itertools.pairwise(ranked) if a["score"] == b["score"]]
     assert all(a["chunk_id"] < b["chunk_id"] for a, b in ties), ranked  # equal scores in chunk order
+    # Once indexed, a knowledge base's new chunks go into the index as they are stored.
+    later = upload(client, kb, {"later.txt": b"The vault key hangs behind the harbour clock."})
+    later_id = later.json()["documents"][0]["id"]
+    wait_until(lambda: all_settled([later_id]))
+    assert Chunk.objects.filter(document_id=later_id, in_vector_index=True).count() == 1
     settings.KB_EXACT_SEARCH_MAX_CHUNKS = 20_000
     diverse = search(client, kb, FACT_EN, mode="vector", top_k=4, mmr=True, mmr_lambda=0.3)
     assert len({hit["chunk_id"] for hit in diverse}) == 4
@@ -376,7 +401,9 @@ def test_a_knowledge_base_only_takes_its_teams_embedding_models(team, other_team
         kb_create(team=team, name="x", embedding_model=foreign)
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kb_chunk_embedding_384_hnsw'")
-        assert "hnsw" in cursor.fetchone()[0]
+        definition = cursor.fetchone()[0]
+    assert "hnsw" in definition
+    assert "in_vector_index" in definition  # only large knowledge bases' chunks are in it
 
 
 def test_admins_upload_several_files_in_the_admin_console(team) -> None:

@@ -7,6 +7,7 @@ acks late, reject on worker lost, prefetch 1, JSON only, time limits, the Redis 
 import os
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
@@ -26,3 +27,12 @@ app.conf.beat_schedule = {
     },
 }
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def load_before_forking(**_: object) -> None:
+    """What every pool process would otherwise load on its first document, loaded once here in
+    the parent: the pool's processes are forked after this and start with it."""
+    from kb import fulltext
+
+    fulltext.segmenter()
