@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
@@ -452,3 +453,51 @@ def test_search_can_rerank_with_a_rerank_registration(setup, tmp_path: Path) -> 
         assert foreign.status_code == 400
     finally:
         registration_terminate(registration=reranker)
+
+
+def test_indexing_resumes_where_a_killed_worker_stopped_and_touches_no_other_knowledge_base(
+    team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.files.base import ContentFile
+
+    from kb import services as kb_services
+    from kb.services import kb_index_vectors
+
+    model = embedding_model(team, "http://127.0.0.1:1", launch=False)
+    rng = np.random.default_rng(3)
+    kbs = {}
+    for name in ("Big", "Small"):
+        kbs[name] = kb = kb_create(team=team, name=name, embedding_model=model)
+        document = Document.objects.create(
+            knowledge_base=kb, team=team, original_name="a.txt", sha256=name[0] * 64, size_bytes=1,
+            content_type="text/plain", status="ready", file=ContentFile(b"x", name="a.txt"),
+        )  # fmt: skip
+        for ordinal in range(12):
+            Chunk.objects.create(
+                knowledge_base=kb, document=document, generation=kb.generation, ordinal=ordinal,
+                text=f"passage {ordinal}", dims=384, embedding=rng.standard_normal(384).tolist(),
+            )  # fmt: skip
+    big = kbs["Big"]
+    # What a worker killed part-way leaves: the switch made, the first batch marked.
+    KnowledgeBase.objects.filter(pk=big.pk).update(vector_index=VectorIndex.BUILDING)
+    Chunk.objects.filter(knowledge_base=big, ordinal__lt=5).update(in_vector_index=True)
+    monkeypatch.setattr(kb_services, "VECTOR_INDEX_BATCH", 4)
+    kb_index_vectors(kb_id=big.pk)
+    kb_index_vectors(kb_id=big.pk)  # run again (a redelivered task): nothing changes
+    assert KnowledgeBase.objects.get(pk=big.pk).vector_index == VectorIndex.READY
+    assert not Chunk.objects.filter(knowledge_base=big, in_vector_index=False).exists()
+    assert not Chunk.objects.filter(knowledge_base=kbs["Small"], in_vector_index=True).exists()
+    assert KnowledgeBase.objects.get(pk=kbs["Small"].pk).vector_index == VectorIndex.NONE
+
+    target = Chunk.objects.get(knowledge_base=big, ordinal=9)
+    vector = json.dumps([float(value) for value in target.embedding])
+    query = (
+        "SELECT id FROM kb_chunk c WHERE c.dims = 384 AND c.in_vector_index AND c.knowledge_base_id = %s "
+        "ORDER BY (c.embedding::vector(384)) <=> %s::vector(384) LIMIT 1"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + query, [big.pk, vector])
+        assert "kb_chunk_embedding_384_hnsw" in " ".join(row[0] for row in cursor.fetchall())
+        cursor.execute(query, [big.pk, vector])
+        assert cursor.fetchone()[0] == target.pk  # found through the index
