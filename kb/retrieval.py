@@ -116,10 +116,11 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
     most KB_EXACT_SEARCH_MAX_CHUNKS chunks, else an HNSW search on its dimension's index (once
     they are in it: kb.models.VectorIndex).
 
-    The HNSW index holds every team's chunks of that dimension, so a search filtered to a few
-    knowledge bases walks a graph mostly made of other rows: on the bench corpus (100 documents in
-    a table of 100k+ chunks) it found the right document in the top 5 for 0.78 of the questions,
-    exact search for 0.90 (`make bench`, quality section). Below the threshold the exact scan,
+    The HNSW index holds every large knowledge base's chunks of that dimension, whatever the
+    team, so a search filtered to a few knowledge bases walks a graph mostly made of other rows:
+    when it held every chunk, on the bench corpus (100 documents in a table of 100k+ chunks) it
+    found the right document in the top 5 for 0.78 of the questions, exact search for 0.90
+    (`make bench`, quality section). Below the threshold the exact scan,
     through the (knowledge base, generation) index, is both right and fast. Above it, iterative
     scans (pgvector 0.8) keep filtered queries returning `limit` rows."""
     by_model: dict[int, list[KnowledgeBase]] = {}
