@@ -659,13 +659,15 @@ def vector_recall(kb, embedder, queries: list[str]) -> float:  # type: ignore[no
     """recall@10 of the HNSW search against exact search over the same chunks."""
     from django.db import connection, transaction
 
+    from kb.vector_indexes import index_predicate
+
     hits = 0
     for query in queries:
         vector = json.dumps(embedder.embed_query(query))
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             cursor.execute(
-                "SELECT id FROM kb_chunk WHERE dims = 384 AND in_vector_index AND knowledge_base_id = %s ORDER BY "
+                f"SELECT id FROM kb_chunk WHERE {index_predicate(384)} AND knowledge_base_id = %s ORDER BY "
                 "(embedding::vector(384)) <=> %s::vector(384) LIMIT 10", [kb.pk, vector])  # fmt: skip
             approximate = {row[0] for row in cursor.fetchall()}
             cursor.execute("SET LOCAL enable_indexscan = off")
