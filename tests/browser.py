@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,26 @@ def signed_in_context(browser: Any, base_url: str, user: Any, *, locale: str = "
     return context
 
 
-def screenshot(page: Any, name: str) -> Path:
+# What a person must never read on a page: Python reprs (a dict, a model instance), escaped or raw
+# markup that should have been rendered, a traceback, a template variable left unfilled.
+PYTHON_REPR = re.compile(r"\{'\w+': |<\w+: [^>]*>|Traceback \(most recent call last\)|\{\{ ?\w")
+RAW_MARKUP = re.compile(r"</?(p|div|span|ul|li|code|pre|strong|em|a|h[1-6]|br)( [^>]*)?/?>|&(lt|gt|amp|quot|#\d+);")
+
+
+def assert_reads_clean(page: Any, *, markup_expected: bool = False) -> None:
+    """Fail when the page shows a person something that is not meant for them. Pages that show
+    hostile text on purpose (markup typed by a user, shown as text) pass `markup_expected`."""
+    text = page.locator("body").inner_text()
+    found = PYTHON_REPR.search(text)
+    assert found is None, f"the page shows a Python repr or template residue: {text[max(0, found.start() - 80):found.end() + 80]!r}"
+    if not markup_expected:
+        found = RAW_MARKUP.search(text)
+        assert found is None, f"the page shows markup as text: {text[max(0, found.start() - 80):found.end() + 80]!r}"
+
+
+def screenshot(page: Any, name: str, *, markup_expected: bool = False) -> Path:
+    """Every screen a browser test shows is also read as a person would (`assert_reads_clean`)."""
+    assert_reads_clean(page, markup_expected=markup_expected)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)

@@ -89,6 +89,17 @@ def test_sign_in_ask_and_see_the_answer_stream_with_a_citation_that_opens_its_so
     expect(page.get_by_test_id("cited-chunk")).to_contain_text(saved.citations[0]["snippet"][:40])
     expect(page.get_by_test_id("source-document")).to_have_text(saved.citations[0]["document_name"])
     screenshot(page, "chat-source")
+
+    # Reopened later, then reloaded, the conversation reads as it was written: one question and
+    # one answer, rendered as they were while streaming, and no flash box above them.
+    page.goto(f"/chat/{saved.conversation_id}/")
+    answer_text = page.locator(f'[data-message-id="{saved.pk}"] .body').inner_text()
+    assert answer_text.strip(), "the saved answer is shown"
+    page.reload()
+    expect(page.locator("#messages [data-testid='message']")).to_have_count(2)
+    expect(page.locator(".flash")).to_have_count(0)
+    expect(page.locator(f'[data-message-id="{saved.pk}"] .body')).to_have_text(answer_text)
+    screenshot(page, "chat-reopened")
     context.close()
 
 
@@ -212,7 +223,13 @@ def test_hostile_answers_render_as_text_and_outside_images_do_not_load(
     assert page.evaluate("window.__xss") is None
     assert assistant_body.locator("img").get_attribute("src") is None
     assert outside_requests == []
-    screenshot(page, "chat-hostile-answer")
+    screenshot(page, "chat-hostile-answer", markup_expected=True)
+    # After a reload: the two messages once each, and nothing above them (the page once printed
+    # every message as a Python dict in a flash box).
+    page.reload()
+    expect(page.locator("#messages [data-testid='message']")).to_have_count(2)
+    expect(page.locator(".flash")).to_have_count(0)
+    assert "{'message'" not in page.locator("body").inner_text()
     context.close()
 
 

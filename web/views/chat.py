@@ -104,7 +104,8 @@ def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
     context = _sidebar(request, conversation.team_id)
     context.update(
         conversation=conversation,
-        messages=[message_context(message) for message in messages],
+        # Not `messages`: base.html shows Django's messages framework under that name.
+        conversation_messages=[message_context(message) for message in messages],
         last_message_id=messages[-1].pk if messages else 0,
         can_write=has_team_role(user=_user(request), api_key=None, team_id=conversation.team_id, role=Role.MEMBER),
     )
