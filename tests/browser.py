@@ -44,10 +44,14 @@ def assert_reads_clean(page: Any, *, markup_expected: bool = False) -> None:
     hostile text on purpose (markup typed by a user, shown as text) pass `markup_expected`."""
     text = page.locator("body").inner_text()
     found = PYTHON_REPR.search(text)
-    assert found is None, f"the page shows a Python repr or template residue: {text[max(0, found.start() - 80):found.end() + 80]!r}"
+    assert found is None, f"the page shows a Python repr or template residue: {_around(text, found)!r}"
     if not markup_expected:
         found = RAW_MARKUP.search(text)
-        assert found is None, f"the page shows markup as text: {text[max(0, found.start() - 80):found.end() + 80]!r}"
+        assert found is None, f"the page shows markup as text: {_around(text, found)!r}"
+
+
+def _around(text: str, found: re.Match[str]) -> str:
+    return text[max(0, found.start() - 80) : found.end() + 80]
 
 
 def screenshot(page: Any, name: str, *, markup_expected: bool = False) -> Path:
