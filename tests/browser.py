@@ -50,8 +50,8 @@ def assert_reads_clean(page: Any, *, markup_expected: bool = False) -> None:
         assert found is None, f"the page shows markup as text: {_around(text, found)!r}"
 
 
-def _around(text: str, found: re.Match[str]) -> str:
-    return text[max(0, found.start() - 80) : found.end() + 80]
+def _around(text: str, found: re.Match[str] | None) -> str:
+    return "" if found is None else text[max(0, found.start() - 80) : found.end() + 80]
 
 
 def screenshot(page: Any, name: str, *, markup_expected: bool = False) -> Path:
