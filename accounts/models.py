@@ -31,6 +31,12 @@ class Team(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="API requests per minute for all the team's keys; empty: the platform default."
     )
+    storage_quota_bytes = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Bytes of uploaded files the team may keep; empty: the platform default "
+        "(TEAM_STORAGE_QUOTA_BYTES); 0: no limit.",
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
 
     class Meta:
