@@ -754,6 +754,9 @@ def main() -> int:
     shutil.rmtree(DRILLS_DIR / "logs", ignore_errors=True)
     os.environ["CHATPLATFORM_VAR_DIR"] = str(var_dir)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
+    # The drills' Xinference listens on loopback, which the SSRF guard checks at every provider
+    # call (in this process and the children, which inherit the environment).
+    os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
     if os.environ.get("DRILL_LEASE_S"):
         os.environ["KB_INGEST_LEASE_S"] = os.environ["DRILL_LEASE_S"]
     import django

@@ -32,6 +32,9 @@ BENCH_DIR = BASE_DIR / "var" / "bench"
 os.environ["CHATPLATFORM_VAR_DIR"] = str(BENCH_DIR / "var")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
 os.environ["KB_INGEST_MAX_IN_FLIGHT"] = "2"
+# The bench's model servers listen on loopback, which the SSRF guard checks at every provider
+# call: open it, as the tests do (bench/streams.py and its web process inherit this).
+os.environ.setdefault("OUTBOUND_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
 sys.path.insert(0, str(BASE_DIR))
 
 DOCUMENTS = int(os.environ.get("BENCH_DOCS", "150"))

@@ -11,16 +11,28 @@ example a model server on the LAN.
 A check and a later connection resolve the name twice, and DNS may answer differently the second
 time (DNS rebinding): callers that can, connect to `OutboundTarget.pinned_url` (an address this
 check approved) with `Host` and TLS SNI set to the original host name; see `pinned_request_args`.
+
+Model providers are called through `outbound_client` / `outbound_async_client`, whose transport
+does that for every request: it checks the host again (a URL approved when it was saved may
+resolve elsewhere by the time it is called), connects to the approved address with Host and SNI
+kept, never follows a redirect (a 3xx becomes an error without its Location), and replaces every
+error answer's body with a short, sanitised reason, so that no upstream body travels on to users.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 import socket
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
+import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -181,3 +193,176 @@ def outbound_url_check(url: str) -> OutboundTarget:
                 "to add the network to OUTBOUND_ALLOWED_NETWORKS."
             )
     return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, addresses=addresses)
+
+
+# --- the transport every call to a model provider goes through ----------------------------------
+
+MAX_REASON_CHARS = 100
+# What an error answer keeps besides its status: the headers clients base retries on.
+KEPT_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry", "x-request-id")
+_BRACKETED_PREFIX = re.compile(r"^(\s*\[[^\]]*\])+")  # Xinference's "[address=..., pid=...]"
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_IPV4 = re.compile(r"\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b")
+
+
+def _message_in(body: Any) -> str:
+    """The message field of the usual error shapes: FastAPI's {"detail"}, OpenAI's {"error":
+    {"message"}}, {"error": "..."} or {"message"}; nothing else of the body."""
+    if not isinstance(body, dict):
+        return ""
+    error = body.get("error")
+    nested = error.get("message") if isinstance(error, dict) else error
+    for candidate in (body.get("detail"), nested, body.get("message")):
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate
+    return ""
+
+
+def upstream_reason(status_code: int, content: bytes, content_type: str) -> str:
+    """A short reason for an error answer, safe to show a user: the server's own message when it
+    sends one in a known shape (JSON) or as plain text, without addresses or URLs, cut to a few
+    words; else the status's reason phrase. Never the body itself: an error page of some internal
+    service must not travel to whoever typed its address."""
+    if 300 <= status_code < 400:
+        return (
+            f"the server redirected elsewhere ({status_code}), which is not followed: "
+            "set the endpoint to the address it redirects to"
+        )
+    text = ""
+    stripped = content.strip()
+    parsed = False
+    if "json" in content_type or stripped.startswith((b"{", b"[")):
+        try:
+            text = _message_in(json.loads(stripped))
+            parsed = True
+        except ValueError:
+            pass  # not JSON after all ("[address=...] ..." is Xinference's plain text)
+    if not parsed and "html" not in content_type and not stripped.startswith(b"<"):
+        text = stripped.decode("utf-8", "replace").split("\n", 1)[0]
+    text = _BRACKETED_PREFIX.sub("", text)
+    text = _IPV4.sub("<address>", _URL.sub("<url>", text))
+    # Control and format characters (bidi overrides, zero-width) go; whitespace runs become one space.
+    text = " ".join("".join(" " if unicodedata.category(char)[0] in "CZ" else char for char in text).split())
+    if len(text) > MAX_REASON_CHARS:
+        text = text[:MAX_REASON_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text or httpx.codes.get_reason_phrase(status_code) or f"HTTP {status_code}"
+
+
+def _short_error(response: httpx.Response, content: bytes) -> httpx.Response:
+    """The error answer as clients get it: the status, the retry headers and {"error": {"message":
+    short reason}} (the shape OpenAI clients read). A redirect loses its Location, so no client
+    can follow it."""
+    headers = {name: response.headers[name] for name in KEPT_ERROR_HEADERS if name in response.headers}
+    reason = upstream_reason(response.status_code, content, response.headers.get("content-type", ""))
+    return httpx.Response(response.status_code, headers=headers, json={"error": {"message": reason}})
+
+
+Refusal = Callable[[UnsafeUrl], Exception]
+
+
+def _check_request(request: httpx.Request, on_refused: Refusal | None) -> tuple[IPAddress, ...]:
+    """The approved addresses of the request's host, checked now (not when the URL was saved)."""
+    try:
+        return outbound_url_check(str(request.url)).addresses
+    except UnresolvableUrl as exc:
+        # A name that does not resolve is an unreachable server, like any failed connection.
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except UnsafeUrl as exc:
+        raise (on_refused(exc) if on_refused is not None else exc) from exc
+
+
+def _pinned(request: httpx.Request, address: IPAddress) -> httpx.Request:
+    """The same request sent to the approved address; the Host header (set from the URL when the
+    request was built) stays, and TLS verifies the original name (SNI)."""
+    extensions = dict(request.extensions)
+    if request.url.scheme == "https":
+        extensions["sni_hostname"] = request.url.host
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(host=str(address)),
+        headers=request.headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
+
+
+class OutboundTransport(httpx.HTTPTransport):
+    """Checks, pins, refuses redirects and shortens error answers on every request (see the module
+    docstring). `check=False` for servers the operator configured (the embedded Xinference):
+    no address check, the rest still applies. `on_refused` turns a refused address into the
+    caller's own error (raised through the HTTP client untouched: the openai package wraps only
+    httpx's errors). One client per endpoint: connections are pooled by address, and a pooled
+    TLS connection carries the SNI of the name it was opened for."""
+
+    def __init__(self, *, check: bool = True, on_refused: Refusal | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        self.on_refused = on_refused
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.check:
+            return self._shortened(super().handle_request(request))
+        addresses = _check_request(request, self.on_refused)
+        for address in addresses[:-1]:
+            # Every address was approved; the next is tried when one does not take connections
+            # (localhost: ::1 first, the server on 127.0.0.1 only).
+            try:
+                return self._shortened(super().handle_request(_pinned(request, address)))
+            except httpx.ConnectError:
+                continue
+        return self._shortened(super().handle_request(_pinned(request, addresses[-1])))
+
+    @staticmethod
+    def _shortened(response: httpx.Response) -> httpx.Response:
+        if response.status_code < 300:
+            return response
+        try:
+            content = response.read()
+        finally:
+            response.close()
+        return _short_error(response, content)
+
+
+class AsyncOutboundTransport(httpx.AsyncHTTPTransport):
+    """OutboundTransport for async clients (streamed answers); the check's DNS lookup runs in a
+    thread so the event loop is not blocked."""
+
+    def __init__(self, *, check: bool = True, on_refused: Refusal | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check = check
+        self.on_refused = on_refused
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.check:
+            return await self._shortened(await super().handle_async_request(request))
+        addresses = await anyio.to_thread.run_sync(_check_request, request, self.on_refused)
+        for address in addresses[:-1]:
+            try:
+                return await self._shortened(await super().handle_async_request(_pinned(request, address)))
+            except httpx.ConnectError:
+                continue
+        return await self._shortened(await super().handle_async_request(_pinned(request, addresses[-1])))
+
+    @staticmethod
+    async def _shortened(response: httpx.Response) -> httpx.Response:
+        if response.status_code < 300:
+            return response
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+        return _short_error(response, content)
+
+
+def outbound_client(*, timeout: float, check: bool = True, on_refused: Refusal | None = None) -> httpx.Client:
+    """An httpx client for a user-configured server. trust_env=False: a proxy from the environment
+    would take requests past the transport (and resolve names itself)."""
+    transport = OutboundTransport(check=check, on_refused=on_refused)
+    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def outbound_async_client(
+    *, timeout: float, check: bool = True, on_refused: Refusal | None = None
+) -> httpx.AsyncClient:
+    transport = AsyncOutboundTransport(check=check, on_refused=on_refused)
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)

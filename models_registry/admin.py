@@ -53,6 +53,9 @@ class ProviderAdmin(admin.ModelAdmin):
     actions = ["test_connection"]
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        if change and "endpoint" in form.changed_data and not form.cleaned_data.get("api_key"):
+            # As through the API (provider_update): the stored key was for the old server.
+            obj.credentials_encrypted = ""
         super().save_model(request, obj, form, change)
         if form.cleaned_data.get("api_key"):
             provider_set_api_key(provider=obj, api_key=form.cleaned_data["api_key"])

@@ -22,7 +22,7 @@ from models_registry.providers.xinference import XinferenceClient
 from models_registry.selectors import team_providers
 from models_registry.services import (
     provider_create,
-    provider_set_api_key,
+    provider_update,
     registration_create,
     registration_launch,
     registration_terminate,
@@ -37,7 +37,10 @@ ADMIN_ONLY = {
 class ProviderSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     api_key = serializers.CharField(
-        write_only=True, required=False, allow_blank=True, help_text="Stored encrypted; never shown again."
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        help_text="Stored encrypted; never shown again. A new endpoint without a new api_key drops the stored one.",
     )
     has_credentials = serializers.BooleanField(read_only=True)
 
@@ -87,10 +90,14 @@ class ProviderViewSet(TeamScopedModelViewSet):
         data = dict(serializer.validated_data)
         if "team_id" in data and data["team_id"] != serializer.instance.team_id:  # type: ignore[union-attr]
             raise ValidationError({"team": "A provider cannot move to another team: create it there."})
-        api_key = data.pop("api_key", None)
-        provider = serializer.save(**data)
-        if api_key is not None:
-            provider_set_api_key(provider=provider, api_key=api_key)
+        # A new endpoint without a new api_key drops the stored key (provider_update says why).
+        serializer.instance = provider_update(
+            provider=serializer.instance,  # type: ignore[arg-type]
+            name=data.get("name"),
+            kind=data.get("kind"),
+            endpoint=data.get("endpoint"),
+            api_key=data.get("api_key"),
+        )
 
     def perform_destroy(self, instance: Provider) -> None:
         try:

@@ -1,6 +1,11 @@
 """The one place that turns a registration into LangChain objects: chat model, embeddings,
 reranker. Built once per process and reused (constructing a ChatOpenAI costs about 0.16 s);
-a registration edited since is rebuilt, because its `updated_at` is part of the cache key."""
+a registration or provider edited since is rebuilt, because their `updated_at` are part of the
+cache key (a provider's new endpoint or dropped key must take effect in every process).
+
+Every HTTP client in them is the SSRF guard's (chatplatform.outbound): the provider's host is
+checked and pinned at each request, redirects are not followed (the openai package's own client
+follows them), and error answers reach callers as a short reason, not the server's body."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -16,9 +22,10 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
+from chatplatform.outbound import outbound_async_client, outbound_client
 from models_registry.credentials import credentials_decrypt
 from models_registry.models import ModelKind, ModelRegistration
-from models_registry.providers.base import ProviderRefused, ProviderUnreachable, error_message
+from models_registry.providers.base import ProviderUnreachable, ProviderUnsafe, raise_for_answer
 
 REQUEST_TIMEOUT_S = 120.0
 MAX_RETRIES = 2
@@ -26,7 +33,7 @@ MAX_RETRIES = 2
 NO_KEY = "not-needed"
 
 T = TypeVar("T")
-_cache: dict[tuple[str, int, datetime, int], Any] = {}
+_cache: dict[tuple[str, int, datetime, datetime, int], Any] = {}
 _cache_lock = threading.Lock()
 
 
@@ -40,7 +47,7 @@ def _event_loop_id() -> int:
 
 
 def _cached(registration: ModelRegistration, role: str, build: Callable[[], T]) -> T:
-    key = (role, registration.pk, registration.updated_at, _event_loop_id())
+    key = (role, registration.pk, registration.updated_at, registration.provider.updated_at, _event_loop_id())
     with _cache_lock:
         if key not in _cache:
             _cache[key] = build()
@@ -54,19 +61,27 @@ def _require(registration: ModelRegistration, kind: str) -> None:
 
 def _openai_base(registration: ModelRegistration) -> dict[str, Any]:
     provider = registration.provider
+    # Both clients: given only one, langchain-openai builds the other itself (unguarded, and
+    # following redirects). Their own per-process and per-loop reuse comes from _cached.
+    check = not provider.is_embedded
+    # A refused address raises ProviderUnsafe (a ProviderError) out of the openai client, as the
+    # platform's own provider calls do, so every caller's ProviderError handling covers it.
+    refused = partial(ProviderUnsafe, provider.endpoint)
     return {
         "base_url": f"{provider.endpoint}/v1",
         "api_key": credentials_decrypt(provider.credentials_encrypted) or NO_KEY,
         "model": registration.provider_model_uid,
         "timeout": REQUEST_TIMEOUT_S,
         "max_retries": MAX_RETRIES,
+        "http_client": outbound_client(timeout=REQUEST_TIMEOUT_S, check=check, on_refused=refused),
+        "http_async_client": outbound_async_client(timeout=REQUEST_TIMEOUT_S, check=check, on_refused=refused),
     }
 
 
 def chat_model_for(registration: ModelRegistration) -> ChatOpenAI:
     _require(registration, ModelKind.LLM)
-    # An async HTTP client of its own: langchain-openai otherwise shares one process-wide, which
-    # breaks as soon as a second event loop (a test, a benchmark) uses it.
+    # An async HTTP client of its own (_openai_base): langchain-openai otherwise shares one
+    # process-wide, which breaks as soon as a second event loop (a test, a benchmark) uses it.
     return _cached(
         registration,
         "chat",
@@ -76,7 +91,6 @@ def chat_model_for(registration: ModelRegistration) -> ChatOpenAI:
             # A stream queued behind others at a busy CPU model may wait minutes for its first
             # token; the operator decides how long that may be (langchain-openai's default: 120 s).
             stream_chunk_timeout=settings.MODEL_STREAM_IDLE_TIMEOUT_S or None,
-            http_async_client=httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S),
         ),
     )
 
@@ -100,6 +114,7 @@ class XinferenceReranker(BaseDocumentCompressor):
     api_key: str = ""
     top_n: int | None = None
     timeout_s: float = REQUEST_TIMEOUT_S
+    check: bool = True  # the SSRF guard's check at each call; off only for the embedded Xinference
 
     def rerank(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
         """(index into texts, relevance score), best first."""
@@ -107,12 +122,13 @@ class XinferenceReranker(BaseDocumentCompressor):
         body: dict[str, Any] = {"model": self.model_uid, "query": query, "documents": list(texts)}
         if self.top_n is not None:
             body["top_n"] = self.top_n
+        refused = partial(ProviderUnsafe, self.endpoint)
         try:
-            response = httpx.post(f"{self.endpoint}/v1/rerank", json=body, headers=headers, timeout=self.timeout_s)
+            with outbound_client(timeout=self.timeout_s, check=self.check, on_refused=refused) as client:
+                response = client.post(f"{self.endpoint}/v1/rerank", json=body, headers=headers)
         except httpx.TransportError as exc:
             raise ProviderUnreachable(self.endpoint, type(exc).__name__) from exc
-        if response.is_error:
-            raise ProviderRefused(self.endpoint, response.status_code, error_message(response))
+        raise_for_answer(self.endpoint, response)
         results = response.json()["results"]
         return [(int(item["index"]), float(item["relevance_score"])) for item in results]
 
@@ -141,5 +157,6 @@ def reranker_for(registration: ModelRegistration) -> XinferenceReranker:
             endpoint=provider.endpoint,
             model_uid=registration.provider_model_uid,
             api_key=credentials_decrypt(provider.credentials_encrypted),
+            check=not provider.is_embedded,
         ),
     )

@@ -64,6 +64,49 @@ def provider_create(*, team: Team, name: str, kind: str, endpoint: str, api_key:
     )
 
 
+@transaction.atomic
+def provider_update(
+    *,
+    provider: Provider,
+    name: str | None = None,
+    kind: str | None = None,
+    endpoint: str | None = None,
+    api_key: str | None = None,
+) -> Provider:
+    """Change what is given (None: unchanged). A new endpoint drops the stored API key unless a
+    new one comes with it: the key was meant for the old server, and would otherwise be sent to
+    whatever the endpoint now names. The embedded Xinference's endpoint is the operator's
+    (XINFERENCE_ENDPOINT, unchecked by the SSRF guard), so it cannot change here."""
+    provider = Provider.objects.select_for_update().get(pk=provider.pk)
+    fields = ["updated_at"]
+    if name is not None and name != provider.name:
+        if Provider.objects.filter(team_id=provider.team_id, name=name).exclude(pk=provider.pk).exists():
+            raise RegistryError(f"the team has a provider named {name!r} already: choose another name")
+        provider.name = name
+        fields.append("name")
+    if kind is not None and kind != provider.kind:
+        if kind not in ProviderKind.values:
+            raise RegistryError(f"unknown provider kind {kind!r}: choose from {sorted(ProviderKind.values)}")
+        provider.kind = kind
+        fields.append("kind")
+    if endpoint is not None and endpoint.rstrip("/") != provider.endpoint:
+        if provider.is_embedded:
+            raise RegistryError(
+                "the local Xinference's endpoint comes from the operator's XINFERENCE_ENDPOINT: "
+                "register another provider for another server"
+            )
+        provider.endpoint = endpoint.rstrip("/")
+        fields.append("endpoint")
+        if api_key is None:
+            provider.credentials_encrypted = ""
+            fields.append("credentials_encrypted")
+    if api_key is not None:
+        provider.credentials_encrypted = credentials_encrypt(api_key)
+        fields.append("credentials_encrypted")
+    provider.save(update_fields=sorted(set(fields)))
+    return provider
+
+
 def provider_set_api_key(*, provider: Provider, api_key: str) -> Provider:
     provider.credentials_encrypted = credentials_encrypt(api_key)
     provider.save(update_fields=["credentials_encrypted", "updated_at"])

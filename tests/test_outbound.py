@@ -2,7 +2,8 @@
 wrappings, names that resolve there, credentials, other schemes), what the operator may open with
 OUTBOUND_ALLOWED_NETWORKS, and that provider endpoints typed into the API go through it while the
 embedded Xinference registered by bootstrap does not. Redirects are covered with webhook
-delivery in test_webhooks.py."""
+delivery in test_webhooks.py; the check at every provider call, pinning, redirects and error
+bodies of provider calls in test_provider_outbound.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from accounts.models import Role
-from chatplatform.outbound import UnresolvableUrl, UnsafeUrl, outbound_url_check, pinned_request_args
+from chatplatform.outbound import (
+    UnresolvableUrl,
+    UnsafeUrl,
+    outbound_url_check,
+    pinned_request_args,
+    upstream_reason,
+)
 from models_registry import embedded_xinference
 from models_registry.models import Provider
 from models_registry.services import embedded_models_bootstrap, provider_create
@@ -165,9 +172,35 @@ def test_operator_configured_providers_are_not_checked(team) -> None:
         team=team, endpoint="http://127.0.0.1:9997", venv_dir=embedded_xinference.default_venv_dir()
     )
     assert Provider.objects.get(team=team, is_embedded=True).endpoint == "http://127.0.0.1:9997"
-    # Services are the operator's and the tests' path; only what users type is judged.
+    # Services are the operator's and the tests' path: saving is not judged (calls are, except
+    # the embedded Xinference's; see test_provider_outbound.py).
     assert provider_create(team=team, name="svc", kind="xinference", endpoint="http://127.0.0.1:1").pk
     # Editing such a provider through the API without touching its endpoint still works.
     admin = bearer_client(member_of(team, Role.ADMIN), team)
     embedded = Provider.objects.get(team=team, is_embedded=True)
     assert admin.patch(f"/api/v1/providers/{embedded.pk}/", {"name": "local"}, format="json").status_code == 200
+
+
+# --- what of an error answer reaches users ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "reason"),
+    [
+        (400, "application/json", b'{"detail": "[address=0.0.0.0:4123, pid=9] Model not found, uid: m"}',
+         "Model not found, uid: m"),
+        (500, "application/json", b'{"error": {"message": "see http://10.0.0.5:9997/admin or 10.0.0.5:9997"}}',
+         "see <url> or <address>"),
+        (404, "text/html", b"<html><p>internal dashboard</p></html>", "Not Found"),
+        (502, "application/json", b'{"secrets": "not a message field"}', "Bad Gateway"),
+        (400, "text/plain", "tab\there\u202e\u200bzero\x00width\nsecond line".encode(), "tab here zero width"),
+        (400, "text/plain", b"word " * 60, "word " * 19 + "word..."),
+        (301, "text/html", b"<a href='http://169.254.169.254/'>moved</a>",
+         "the server redirected elsewhere (301), which is not followed: "
+         "set the endpoint to the address it redirects to"),
+    ],
+)  # fmt: skip
+def test_an_upstream_error_is_cut_to_a_short_sanitised_reason(
+    status: int, content_type: str, body: bytes, reason: str
+) -> None:
+    assert upstream_reason(status, body, content_type) == reason

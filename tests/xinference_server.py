@@ -38,7 +38,9 @@ class XinferenceServer:
 
     @property
     def client(self) -> XinferenceClient:
-        return XinferenceClient(self.endpoint)
+        # The tests' own server, like the operator's embedded one: not judged by the SSRF guard
+        # (session fixtures use it before the tests open loopback in OUTBOUND_ALLOWED_NETWORKS).
+        return XinferenceClient(self.endpoint, check=False)
 
     def start(self) -> None:
         venv_dir = embedded_xinference.default_venv_dir()

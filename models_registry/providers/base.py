@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
 
 from chatplatform.domain_errors import DomainError
+from chatplatform.outbound import UnsafeUrl, outbound_client
 
 DEFAULT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 60.0
@@ -31,8 +33,9 @@ class ProviderUnreachable(ProviderError):
 
 
 class ProviderRefused(ProviderError):
-    """The server answered with an error; its own message is kept as is. Reported as 400: what
-    a model server refuses is the request a person configured (a wrong name, engine or size)."""
+    """The server answered with an error (or a redirect, which is not followed); its own message
+    is kept, shortened (chatplatform.outbound.upstream_reason). Reported as 400: what a model
+    server refuses is the request a person configured (a wrong name, engine or size)."""
 
     status_code = 400
     code = "provider_refused"
@@ -40,8 +43,24 @@ class ProviderRefused(ProviderError):
     def __init__(self, endpoint: str, status_code: int, message: str) -> None:
         super().__init__(f"the model server at {endpoint} refused ({status_code}): {message}")
         self.endpoint = endpoint
-        self.status_code = status_code
+        self.upstream_status = status_code
+        # How the API answers: the server's 4xx as it is (callers read 401/403 as bad credentials),
+        # its 5xx as 502 (the server failed, not the caller), a redirect as 400 (a 3xx answer
+        # without a Location would tell the API's client nothing).
+        self.status_code = status_code if 400 <= status_code < 500 else 502 if status_code >= 500 else 400
         self.server_message = message
+
+
+class ProviderUnsafe(ProviderError):
+    """The endpoint's host resolves, now, to an address the server does not connect to (it may
+    have passed when it was saved: DNS answers change)."""
+
+    status_code = 400
+    code = "unsafe_url"
+
+    def __init__(self, endpoint: str, reason: UnsafeUrl) -> None:
+        super().__init__(f"the model server at {endpoint} is not called: {reason}")
+        self.endpoint = endpoint
 
 
 class ProviderUnsupported(ProviderError):
@@ -78,25 +97,29 @@ class ProviderClient(Protocol):
 
 
 class HttpProvider:
-    """Plain HTTP to a model server, mapping transport failures and error answers to ProviderError."""
+    """HTTP to a model server through the SSRF guard's transport (checked at every call, pinned,
+    no redirects, short error reasons), mapping failures and error answers to ProviderError.
+    `check=False` only for a server the operator configured (the embedded Xinference)."""
 
-    def __init__(self, endpoint: str, *, api_key: str = "") -> None:
+    def __init__(self, endpoint: str, *, api_key: str = "", check: bool = True) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.api_key = api_key
+        self.check = check
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def request(self, method: str, path: str, *, timeout: float = DEFAULT_TIMEOUT_S, **kwargs: Any) -> Any:
+        refused = partial(ProviderUnsafe, self.endpoint)
         try:
-            response = httpx.request(method, f"{self.endpoint}{path}", headers=self.headers, timeout=timeout, **kwargs)
+            with outbound_client(timeout=timeout, check=self.check, on_refused=refused) as client:
+                response = client.request(method, f"{self.endpoint}{path}", headers=self.headers, **kwargs)
         except httpx.TimeoutException as exc:
             raise ProviderUnreachable(self.endpoint, f"no answer within {timeout:.0f}s") from exc
         except httpx.TransportError as exc:
             raise ProviderUnreachable(self.endpoint, type(exc).__name__) from exc
-        if response.is_error:
-            raise ProviderRefused(self.endpoint, response.status_code, error_message(response))
+        raise_for_answer(self.endpoint, response)
         return response.json() if response.content else None
 
     def probe(self, *, uid: str, kind: str) -> ProbeResult:
@@ -123,18 +146,20 @@ class HttpProvider:
         raise ProviderUnsupported(f"{self.endpoint} offers no {kind} call to test")
 
 
+def raise_for_answer(endpoint: str, response: httpx.Response) -> None:
+    """ProviderRefused for anything but a 2xx: a redirect (not followed) is as much a refusal as
+    an error, and must not be read as an answer."""
+    if not response.is_success:
+        raise ProviderRefused(endpoint, response.status_code, error_message(response))
+
+
 def error_message(response: httpx.Response) -> str:
-    """The server's own message: FastAPI's {"detail"}, OpenAI's {"error": {"message"}}, or the text."""
+    """The short reason the outbound transport put in place of the server's body."""
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip()[:2000] or response.reason_phrase
-    if isinstance(body, dict):
-        if isinstance(body.get("detail"), str):
-            return str(body["detail"])
-        error = body.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-    return str(body)[:2000]
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return response.reason_phrase or f"HTTP {response.status_code}"

@@ -72,7 +72,7 @@ class XinferenceClient(HttpProvider):
             self.request("DELETE", f"/v1/models/{uid}")
         except ProviderRefused as exc:
             # Already gone is what terminate wanted.
-            if exc.status_code not in (400, 404):
+            if exc.upstream_status not in (400, 404):
                 raise
 
     def probe_other(self, *, uid: str, kind: str) -> str:
