@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,11 +42,12 @@ from kb.models import (
 from kb.parsing import ParseError, UnsupportedFile, parse
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
 from kb.uploads import IncomingFile, Rejection, receive, workdir
-from kb.vector_indexes import ensure_vector_index, vector_type
+from kb.vector_indexes import indexable, vector_index_build, vector_index_ready, vector_type
 from models_registry.credentials import CredentialsUnreadable
 from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.providers.base import ProviderError, ProviderRefused, ProviderUnreachable
+from models_registry.services import registration_probe_dimensions
 
 logger = logging.getLogger(__name__)
 DISPATCH_LOCK_ID = 4_242_001  # pg advisory lock: one dispatcher at a time
@@ -104,8 +106,7 @@ def kb_create(
     _check_chunking(splitter, chunk_size, chunk_overlap, embedding_model)
     if KnowledgeBase.objects.filter(team=team, name=name).exists():
         raise KnowledgeBaseError(f"the team has a knowledge base named {name!r} already")
-    ensure_vector_index(embedding_model.dimensions or 0)
-    return KnowledgeBase.objects.create(
+    kb = KnowledgeBase.objects.create(
         team=team,
         name=name,
         description=description,
@@ -114,6 +115,16 @@ def kb_create(
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
     )
+    _vector_index_soon(embedding_model)
+    return kb
+
+
+def _vector_index_soon(model: ModelRegistration) -> None:
+    """The worker makes sure the model's HNSW index exists, ready for when the knowledge base
+    grows past KB_EXACT_SEARCH_MAX_CHUNKS: never DDL in a request (vector_index_ensure)."""
+    from kb.tasks import vector_index_soon
+
+    transaction.on_commit(partial(vector_index_soon, model.pk))
 
 
 def kb_update(*, kb: KnowledgeBase, **changes: Any) -> KnowledgeBase:
@@ -133,7 +144,7 @@ def kb_update(*, kb: KnowledgeBase, **changes: Any) -> KnowledgeBase:
             changes.get("chunk_overlap", kb.chunk_overlap),
             model,
         )
-        ensure_vector_index(model.dimensions or 0)
+        _vector_index_soon(model)
     for key, value in changes.items():
         setattr(kb, key, value)
     # Only what changed: the worker may have moved vector_index since `kb` was read.
@@ -163,7 +174,6 @@ def kb_rebuild(
         "chunk_size": new_size,
         "chunk_overlap": new_overlap,
     }
-    ensure_vector_index(model.dimensions or 0)
     with transaction.atomic():
         kb = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
         if kb.rebuilding:
@@ -175,6 +185,7 @@ def kb_rebuild(
             status=DocumentStatus.QUEUED, progress=0, error="", attempts=0, dispatched_at=None, lease_expires_at=None
         )
         transaction.on_commit(_dispatch_soon)
+        _vector_index_soon(model)
     if not kb.documents.exists():
         kb_finish_rebuild_if_done(kb_id=kb.pk)
         kb.refresh_from_db()
@@ -209,10 +220,40 @@ def kb_finish_rebuild_if_done(*, kb_id: int) -> bool:
 VECTOR_INDEX_BATCH = 5000  # chunks put in the HNSW index per transaction
 
 
+def vector_index_ensure(*, model: ModelRegistration) -> bool:
+    """Make sure the HNSW index for this embedding model's size exists; True when it does. Runs in
+    a worker, never in a request: the build is CREATE INDEX CONCURRENTLY on the chunk table every
+    team shares. The size comes from a real embedding call: a registration's `dimensions` is what
+    a person typed, and DDL on the shared table trusts no tenant's number. A model answering
+    another size than registered gets nothing (its documents fail to store, saying so); one above
+    what HNSW holds is searched exactly. Raises what the probe raises when the model does not answer."""
+    if model.dimensions and vector_index_ready(model.dimensions):
+        return True
+    dims = registration_probe_dimensions(registration=model)
+    if dims != model.dimensions:
+        logger.warning("no vector index for %s: it returns %s dimensions, registered %s", model, dims, model.dimensions)
+        return False
+    if not indexable(dims):
+        return False
+    vector_index_build(dims)
+    return True
+
+
 def kb_index_vectors(*, kb_id: int) -> None:
     """Put a knowledge base's chunks in their dimension's HNSW index (kb.models.VectorIndex).
     Idempotent, and resumable: each batch commits, so a killed worker's redelivered task only
-    does what is left."""
+    does what is left. Builds the index first if it is not there yet (a model registered while
+    the worker was away); when it cannot, the knowledge base stays NONE and is searched exactly,
+    and the next search past the size asks again."""
+    kb = KnowledgeBase.objects.select_related("embedding_model__provider").filter(pk=kb_id).first()
+    if kb is None:
+        return
+    try:
+        if not vector_index_ensure(model=kb.embedding_model):
+            return
+    except (openai.APIError, ProviderError) as exc:
+        logger.warning("knowledge base %s stays searched exactly: its model did not answer (%s)", kb_id, exc)
+        return
     # Waits for stores in flight (they hold the row shared); every store after this writes its
     # chunks indexed, so the batches below only catch the ones written before.
     KnowledgeBase.objects.filter(pk=kb_id, vector_index=VectorIndex.NONE).update(vector_index=VectorIndex.BUILDING)

@@ -1,14 +1,18 @@
-"""Thin Celery entry points for ingestion, on the `ingest` queue (kb.* is routed there)."""
+"""Thin Celery entry points for ingestion and the vector indexes, on the `ingest` queue (kb.* is
+routed there, away from the slots chat needs)."""
 
 from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+import openai
+from celery import Task, shared_task
 from django.db import DatabaseError
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from kb.services import document_process, documents_dispatch, kb_index_vectors
+from kb.services import document_process, documents_dispatch, kb_index_vectors, vector_index_ensure
+from models_registry.models import ModelKind, ModelRegistration
+from models_registry.providers.base import ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +58,36 @@ def index_vectors_soon(kb_id: int) -> None:
         index_vectors.delay(kb_id)
     except BrokerUnavailable:
         logger.warning("could not queue indexing knowledge base %s: the broker is unavailable", kb_id)
+
+
+VECTOR_INDEX_MAX_RETRIES = 6  # 15 s doubling to 5 min: about 13 minutes, a large model's launch
+
+
+@shared_task(name="kb.vector_index_ensure", bind=True, ignore_result=True, max_retries=VECTOR_INDEX_MAX_RETRIES)
+def vector_index_ensure_task(self: Task, registration_id: int) -> None:
+    """Probe an embedding model and build the HNSW index for the size it returns (a no-op once the
+    index is there). A model not answering yet (still launching, its server down) is probed again
+    with backoff, then left: the next knowledge base on it, or kb.index_vectors, asks again."""
+    model = (
+        ModelRegistration.objects.select_related("provider")
+        .filter(pk=registration_id, kind=ModelKind.EMBEDDING)
+        .first()
+    )
+    if model is None:
+        return
+    try:
+        vector_index_ensure(model=model)
+    except (openai.APIError, ProviderError, DatabaseError) as exc:
+        if self.request.retries >= VECTOR_INDEX_MAX_RETRIES:
+            logger.warning("gave up building the vector index for %s: %s", model.name, exc)
+            return
+        raise self.retry(countdown=min(15 * 2**self.request.retries, 300)) from exc
+
+
+def vector_index_soon(registration_id: int) -> None:
+    """With the broker down this is logged, not raised: search stays exact without the index, and
+    kb.index_vectors builds it before any knowledge base is searched through it."""
+    try:
+        vector_index_ensure_task.delay(registration_id)
+    except BrokerUnavailable:
+        logger.warning("could not queue the vector index for model %s: the broker is unavailable", registration_id)

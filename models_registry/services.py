@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from accounts.models import Team
 from chatplatform.domain_errors import DomainError
 from models_registry import embedded_xinference
 from models_registry.credentials import credentials_encrypt
+from models_registry.langchain_models import embeddings_for
 from models_registry.models import (
     ModelEvent,
     ModelKind,
@@ -136,7 +138,7 @@ def registration_create(
         )
     if ModelRegistration.objects.filter(provider=provider, provider_model_uid=provider_model_uid).exists():
         raise RegistryError(f"{provider_model_uid!r} is registered on {provider.name} already")
-    return ModelRegistration.objects.create(
+    registration = ModelRegistration.objects.create(
         team=provider.team,
         provider=provider,
         kind=kind,
@@ -148,6 +150,13 @@ def registration_create(
         context_length=context_length,
         keep_running=keep_running and provider.kind == ProviderKind.XINFERENCE,
     )
+    if kind == ModelKind.EMBEDDING:
+        # The worker probes the model and builds the HNSW index for the size it really returns;
+        # `dimensions` above is what a person typed, and no DDL trusts it.
+        from kb.tasks import vector_index_soon
+
+        transaction.on_commit(partial(vector_index_soon, registration.pk))
+    return registration
 
 
 def _event(registration: ModelRegistration, kind: str, message: str = "", duration_ms: int | None = None) -> None:
@@ -251,6 +260,19 @@ def registration_test(*, registration: ModelRegistration) -> ProbeResult:
         raise
     _event(registration, ModelEvent.Kind.TESTED, result.detail, duration_ms=result.duration_ms)
     return result
+
+
+def registration_probe_dimensions(*, registration: ModelRegistration) -> int:
+    """The size of the vectors an embedding model really returns: one embedding call through the
+    client ingestion uses, recorded as a test event (a mismatch with the registration says so).
+    Raises what the call raises (openai.APIError) when the model does not answer."""
+    started = time.perf_counter()
+    dims = len(embeddings_for(registration).embed_query("ping"))
+    detail = f"returned a {dims}-dimensional embedding"
+    if dims != registration.dimensions:
+        detail = f"failed: {detail}, but it is registered with {registration.dimensions}: correct its dimensions"
+    _event(registration, ModelEvent.Kind.TESTED, detail, duration_ms=int((time.perf_counter() - started) * 1000))
+    return dims
 
 
 # --- healing ----------------------------------------------------------------------------------
