@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from chatplatform.domain_errors import DomainError
+from chatplatform.sizes import format_bytes
 
 
 def _message(detail: Any) -> str:
@@ -30,8 +31,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, DomainError):
         return Response({"error": {"code": exc.code, "message": str(exc), "details": {}}}, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
-        limit_mb = settings.DATA_UPLOAD_MAX_MEMORY_SIZE // (1024 * 1024)
-        message = f"The request body is over {limit_mb} MB: send less (files go to the upload endpoints, as multipart)."
+        limit = format_bytes(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        message = f"The request body is over {limit}: send less (files go to the upload endpoints, as multipart)."
         return Response({"error": {"code": "too_large", "message": message, "details": {}}}, status=413)
     # Django's own exceptions become their DRF twins, so they get a proper code as well.
     if isinstance(exc, Http404):

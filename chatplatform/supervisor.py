@@ -28,6 +28,7 @@ import psycopg
 import redis
 
 from chatplatform import embedded
+from chatplatform.checks import is_placeholder
 from chatplatform.service_urls import parse_database_url, parse_redis_url
 from models_registry import embedded_xinference
 
@@ -75,11 +76,21 @@ def read_config(environ: dict[str, str]) -> Config:
     xinference_port = None if environ.get("XINFERENCE_ENDPOINT") else read_port(environ, "XINFERENCE_PORT", "9997")
     try:
         if environ.get("DATABASE_URL"):
-            parse_database_url(environ["DATABASE_URL"])
+            database_password = parse_database_url(environ["DATABASE_URL"]).get("PASSWORD") or ""
+            if is_placeholder(str(database_password)):
+                raise StartupError(
+                    "DATABASE_URL's password is the placeholder from docker/.env.example: set a real one"
+                )
         if environ.get("REDIS_URL"):
             parse_redis_url(environ["REDIS_URL"])
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
+    # A value copied from docker/.env.example is never right, wherever the platform runs.
+    for name in ("SECRET_KEY", "CHATPLATFORM_ADMIN_PASSWORD"):
+        if is_placeholder(environ.get(name, "")):
+            raise StartupError(
+                f"{name} is the placeholder {environ[name]!r} from docker/.env.example: set a real value"
+            )
     return Config(var_dir=var_dir, host=environ.get("HOST") or "127.0.0.1", port=port, xinference_port=xinference_port)
 
 

@@ -33,8 +33,20 @@ bootstrap_with_retries() {
   done
 }
 
+# Refuses to start production on a secret left empty or at its docker/.env.example placeholder
+# (chatplatform.checks, one line per value to fix), before any role serves or works.
+deploy_check() {
+  if ! python manage.py check --deploy --fail-level ERROR; then
+    echo "entrypoint: refusing to start: fix the errors above in docker/.env (see docker/.env.example)" >&2
+    exit 1
+  fi
+}
+
 role=${1:-web}
 if (($#)); then shift; fi
+case "${role}" in
+  web | worker | beat) deploy_check ;;
+esac
 
 case "${role}" in
   web)

@@ -19,6 +19,7 @@ from django.utils.translation import gettext_noop, ngettext
 
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase
 from kb.services import KnowledgeBaseError, document_reindex, documents_upload, kb_rebuild
+from kb.storage import StorageQuotaExceeded
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -75,7 +76,11 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if request.method == "POST":
             uploads = request.FILES.getlist("upload")
-            result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
+            try:
+                result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
+            except StorageQuotaExceeded as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return redirect(reverse("admin:kb_upload", args=[kb.pk]))
             self.message_user(
                 request,
                 _("%(queued)d queued, %(present)d already present.")

@@ -41,6 +41,7 @@ from kb.models import (
 )
 from kb.parsing import ParseError, UnsupportedFile, parse
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
+from kb.storage import storage_reserved
 from kb.uploads import IncomingFile, Rejection, receive, workdir
 from kb.vector_indexes import indexable, vector_index_build, vector_index_ready, vector_type
 from models_registry.credentials import CredentialsUnreadable
@@ -348,7 +349,8 @@ def documents_upload(*, kb: KnowledgeBase, uploads: Iterable[tuple[IO[bytes], st
             files, refusals = receive(stream, name or "unnamed", scratch)
             accepted.extend(files)
             rejected.extend(refusals)
-        return documents_add(kb=kb, files=accepted, rejected=rejected)
+        with storage_reserved(kb=kb, files=accepted):  # the team's storage quota (413 past it)
+            return documents_add(kb=kb, files=accepted, rejected=rejected)
 
 
 def document_reindex(*, document: Document) -> Document:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from kb.models import ACTIVE_STATUSES, Document, DocumentStatus, KnowledgeBase
 from kb.services import documents_upload
+from kb.storage import StorageQuotaExceeded
 from kb.uploads import Rejection
 
 
@@ -48,7 +49,10 @@ class Command(BaseCommand):
         rejected: list[Rejection] = []
         for path in tqdm(files, desc="upload", unit="file", file=self.stderr._out):
             with open(path, "rb") as handle:
-                result = documents_upload(kb=kb, uploads=[(handle, path.name)])
+                try:
+                    result = documents_upload(kb=kb, uploads=[(handle, path.name)])
+                except StorageQuotaExceeded as exc:
+                    raise CommandError(f"{path}: {exc}") from None
             created.extend(document.pk for document in result.created)
             duplicates += len(result.duplicates)
             rejected.extend(result.rejected)
