@@ -17,11 +17,14 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from django.conf import settings
 
 from chatplatform.domain_errors import DomainError
 
 SNIFF_BYTES = 8192
+CHUNK_BYTES = 1024 * 1024
 
 
 class UnsupportedFile(DomainError):
@@ -76,6 +79,9 @@ def detect_type(path: Path, original_name: str) -> str:
     return _text_kind(text, original_name, path)
 
 
+EPUB_MIMETYPE = b"application/epub+zip"
+
+
 def _zip_kind(path: Path, original_name: str) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -86,11 +92,128 @@ def _zip_kind(path: Path, original_name: str) -> str:
                 return "pptx"
             if "xl/workbook.xml" in names:
                 return "xlsx"
-            if "mimetype" in names and archive.read("mimetype").strip() == b"application/epub+zip":
+            if "mimetype" in names and _read_head(archive, "mimetype", original_name).strip() == EPUB_MIMETYPE:
                 return "epub"
     except zipfile.BadZipFile as exc:
         raise UnsupportedFile(f"{original_name} looks like a ZIP file but is corrupt: {exc}") from exc
     return "zip"
+
+
+def _read_head(archive: zipfile.ZipFile, name: str, original_name: str) -> bytes:
+    """The first bytes of a member, without expanding the rest of it."""
+    info = archive.getinfo(name)
+    if info.compress_type not in SAFE_COMPRESSION:
+        raise UnsupportedFile(_unsafe_compression(original_name, info))
+    with archive.open(info) as member:
+        return member.read(64)
+
+
+# --- ZIP guards -------------------------------------------------------------------------------
+# Shared by uploaded archives (kb.uploads) and the ZIP-based formats (docx, pptx, xlsx, epub):
+# what a small upload may expand to on the server.
+
+MAX_COMPRESSION_RATIO = 100  # larger ratios are what zip bombs are made of
+# Office packages hold a few parts per slide or sheet plus their media: large decks pass the
+# 1,000 files allowed in an uploaded archive; the declared sizes below bound them anyway.
+MAX_PACKAGE_MEMBERS = 10_000
+# Below this a part cannot expand into anything that matters, and small XML parts of real
+# documents (styles, settings) may compress better than 100:1.
+RATIO_CHECKED_ABOVE_BYTES = 1024 * 1024
+# What OOXML and EPUB allow and zip tools write by default. bzip2 and LZMA are refused:
+# Python's zipfile expands a whole read of those before it applies the member's size, so a few
+# kilobytes under a header that says 1 KB expand to gigabytes in memory.
+SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+PACKAGE_KINDS = frozenset(("docx", "pptx", "xlsx", "epub"))
+
+
+class MemberTooLarge(UnsupportedFile):
+    """An archive member expanded past the size its header declares."""
+
+    def __init__(self) -> None:
+        super().__init__("the archive member is larger than its header says: refused")
+
+
+class BoundedReader:
+    """Reads at most the declared size (+1 byte to notice a lie): headers cannot understate a bomb."""
+
+    def __init__(self, stream: IO[bytes], declared: int) -> None:
+        self.stream = stream
+        self.remaining = declared + 1
+
+    def read(self, size: int = -1) -> bytes:
+        if self.remaining <= 0:
+            raise MemberTooLarge()
+        block = self.stream.read(min(size if size > 0 else CHUNK_BYTES, self.remaining))
+        self.remaining -= len(block)
+        if self.remaining <= 0 and block:
+            raise MemberTooLarge()
+        return block
+
+
+def compression_name(info: zipfile.ZipInfo) -> str:
+    return zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+
+
+def _unsafe_compression(original_name: str, info: zipfile.ZipInfo) -> str:
+    return (
+        f"{original_name}: {info.filename} is compressed with {compression_name(info)}, which the platform "
+        "does not expand: save it again with standard (deflate) compression"
+    )
+
+
+def check_package(path: Path, original_name: str) -> None:
+    """Refuse a ZIP-based document built to exhaust the worker before any parser opens it, with
+    the guards an uploaded archive gets: member count, each declared size against
+    KB_MAX_UPLOAD_BYTES and their total against KB_MAX_ARCHIVE_BYTES, the compression ratio, and
+    every member read once, bounded by its declared size (and its checksum checked), so a header
+    that lies about a size fails here instead of inside python-docx, openpyxl or python-pptx."""
+    limit, budget = settings.KB_MAX_UPLOAD_BYTES, settings.KB_MAX_ARCHIVE_BYTES
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_PACKAGE_MEMBERS:
+                raise ParseError(
+                    f"{original_name} holds more than {MAX_PACKAGE_MEMBERS:,} parts, as zip bombs do: "
+                    "split the document"
+                )
+            if sum(info.file_size for info in members) > budget:
+                raise ParseError(
+                    f"{original_name} expands to more than {budget // (1024 * 1024)} MB "
+                    "(KB_MAX_ARCHIVE_BYTES): split the document"
+                )
+            for info in members:
+                _check_member(info, original_name, limit)
+            for info in members:
+                with archive.open(info) as member:
+                    reader = BoundedReader(member, info.file_size)
+                    while reader.read(CHUNK_BYTES):
+                        pass
+    except MemberTooLarge as exc:
+        raise ParseError(f"{original_name}: {exc}") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+        # A checksum or size that does not match the data is how a lying header shows here:
+        # zipfile stops at the declared size, then finds the checksum wrong.
+        raise ParseError(
+            f"{original_name} is corrupt or does not match its own headers ({exc}): save it again from its application"
+        ) from exc
+
+
+def _check_member(info: zipfile.ZipInfo, original_name: str, limit: int) -> None:
+    if info.flag_bits & 0x1:
+        raise ParseError(f"{original_name}: {info.filename} is encrypted: save the document without a password")
+    if info.compress_type not in SAFE_COMPRESSION:
+        raise ParseError(_unsafe_compression(original_name, info))
+    if info.file_size > limit:
+        raise ParseError(
+            f"{original_name}: {info.filename} expands to more than the limit of {limit // (1024 * 1024)} MB "
+            "(KB_MAX_UPLOAD_BYTES): split the document"
+        )
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > RATIO_CHECKED_ABOVE_BYTES and ratio > MAX_COMPRESSION_RATIO:
+        raise ParseError(
+            f"{original_name}: {info.filename} is compressed more than {MAX_COMPRESSION_RATIO}:1 "
+            f"({info.file_size // (1024 * 1024)} MB from {info.compress_size:,} bytes), as zip bombs are: refused"
+        )
 
 
 def decode_text(data: bytes, original_name: str, *, partial: bool = False) -> str:
@@ -146,6 +269,8 @@ def parse(path: Path, kind: str, original_name: str) -> list[Section]:
     parser = PARSERS.get(kind)
     if parser is None:
         raise UnsupportedFile(f"{original_name}: {kind} files are not parsed")
+    if kind in PACKAGE_KINDS:
+        check_package(path, original_name)
     sections = [section for section in parser(path, original_name) if section.text.strip()]
     if not sections:
         hint = " (a scanned PDF has no text layer; OCR is not supported)" if kind == "pdf" else ""
@@ -309,11 +434,9 @@ def parse_html(path: Path, original_name: str) -> Iterator[Section]:
 
 
 HTML_DROPPED_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "template", "svg")
-HTML_TEXT_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd", "blockquote",
-                  "figcaption", "caption")  # fmt: skip
+HTML_TEXT_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd",
+                            "blockquote", "figcaption", "caption"))  # fmt: skip
 HTML_HEADING_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
-HTML_CONTAINER_TAGS = frozenset(("li", "td", "th", "blockquote", "dd"))
-HTML_NESTED_TAGS = frozenset(("p", "li", "pre"))  # inside a container, counted with the container
 
 
 def html_sections(markup: str, metadata: dict[str, Any], source_name: str) -> Iterator[Section]:
@@ -339,28 +462,55 @@ def html_sections(markup: str, metadata: dict[str, Any], source_name: str) -> It
         )
     etree.strip_elements(document, *HTML_DROPPED_TAGS, with_tail=False)
     body = document.find("body")
-    root = body if body is not None else document
+    yield from _html_blocks(body if body is not None else document, metadata)
+
+
+def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
+    """One walk over the tree, each piece of text read once. The outermost text element (a
+    paragraph, a list item, a cell, a quote) owns every text inside it, nested text elements
+    included; a heading inside one ends the text before it and starts a section. Asking each
+    nested element for its own text instead repeated a piece once per level (2,048 levels of
+    quotes: 2,048 copies) and walked the ancestors of every element."""
+    from lxml import etree
+
     headings: list[str] = []
     parts: list[str] = []
-    for element in root.iter(*HTML_TEXT_TAGS):
-        if element.tag in HTML_NESTED_TAGS and any(
-            ancestor.tag in HTML_CONTAINER_TAGS for ancestor in element.iterancestors()
-        ):
+    owner: Any = None  # the element whose text is being gathered
+    outer: Any = None  # the element a heading inside it interrupted, resumed after the heading
+    pieces: list[str] = []
+    for event, element in etree.iterwalk(root, events=("start", "end")):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if owner is None and tag in HTML_TEXT_TAGS:
+                owner, pieces = element, []
+            elif tag in HTML_HEADING_TAGS and owner is not None and owner.tag not in HTML_HEADING_TAGS:
+                parts.extend(_html_text(owner, pieces))
+                outer, owner, pieces = owner, element, []
+            if owner is not None and element.text:
+                pieces.append(element.text)
             continue
-        if element.tag == "pre":
-            text = "".join(element.itertext())
-        else:
-            text = " ".join(piece for piece in (raw.strip() for raw in element.itertext()) if piece)
-        if not text:
-            continue
-        if element.tag in HTML_HEADING_TAGS:
-            yield Section("\n".join(parts), {**metadata, "heading_path": list(headings)})
-            parts = []
-            level = int(element.tag[1:])
-            headings = [*headings[: level - 1], text]
-        else:
-            parts.append(text)
+        if element is owner:
+            text = "".join(_html_text(owner, pieces))
+            if tag in HTML_HEADING_TAGS and text:
+                yield Section("\n".join(parts), {**metadata, "heading_path": list(headings)})
+                parts = []
+                headings = [*headings[: int(tag[1:]) - 1], text]
+            elif text:
+                parts.append(text)
+            owner, outer, pieces = outer, None, []
+        if owner is not None and element.tail:
+            pieces.append(element.tail)  # the text after an element belongs to its parent
     yield Section("\n".join(parts), {**metadata, "heading_path": list(headings)})
+
+
+def _html_text(owner: Any, pieces: list[str]) -> list[str]:
+    """The gathered text as one block (none when blank): preformatted text as written, any other
+    with its whitespace collapsed between pieces."""
+    if owner.tag == "pre":
+        text = "".join(pieces)
+    else:
+        text = " ".join(piece for piece in (raw.strip() for raw in pieces) if piece)
+    return [text] if text else []
 
 
 def parse_markdown(path: Path, original_name: str) -> Iterator[Section]:
@@ -370,15 +520,35 @@ def parse_markdown(path: Path, original_name: str) -> Iterator[Section]:
     for line in decode_text(path.read_bytes(), original_name).splitlines():
         if line.lstrip().startswith("```"):
             in_code = not in_code
-        match = None if in_code else re.match(r"^(#{1,6})\s+(.+?)\s*#*\s*$", line)
-        if match:
+        heading = None if in_code else _markdown_heading(line)
+        if heading:
             yield Section("\n".join(lines), {"heading_path": list(headings)})
             lines = []
-            level = len(match.group(1))
-            headings = [*headings[: level - 1], match.group(2)]
+            level, title = heading
+            headings = [*headings[: level - 1], title]
         else:
             lines.append(line)
     yield Section("\n".join(lines), {"heading_path": list(headings)})
+
+
+MARKDOWN_HEADING_OPENER = re.compile(r"(#{1,6})\s")
+
+
+def _markdown_heading(line: str) -> tuple[int, str] | None:
+    """(level, title) of an ATX heading line, None for any other line.
+
+    String methods strip the blanks and closing hashes around the title. The single pattern this
+    replaces, `^(#{1,6})\\s+(.+?)\\s*#*\\s*$`, gave the same results but backtracked in cubic
+    time over a run of blanks inside a title: a line "# a", 13,000 spaces, "b" held a worker for
+    about an hour."""
+    opener = MARKDOWN_HEADING_OPENER.match(line)
+    if opener is None:
+        return None
+    rest = line[opener.end() :]
+    stripped = rest.strip()
+    # A title of closing hashes or blanks only kept its first character under the old pattern.
+    title = stripped.rstrip("#").rstrip() or stripped[:1] or rest[-1:]
+    return (len(opener.group(1)), title) if title else None
 
 
 def parse_text(path: Path, original_name: str) -> Iterator[Section]:

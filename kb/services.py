@@ -4,13 +4,15 @@ live index."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +20,7 @@ from typing import IO, Any
 import openai
 from django.conf import settings
 from django.core.files import File
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import Team
@@ -390,7 +392,9 @@ def _dispatch_soon() -> None:
 def documents_dispatch() -> list[tuple[int, str]]:
     """Hand queued documents to workers: at most KB_INGEST_MAX_IN_FLIGHT at once, round-robin by
     team (every team's oldest first). Documents whose lease expired (their worker died, or a
-    retry's wait is over) go back in line first. Returns (document id, dispatch token) pairs."""
+    retry's wait is over) go back in line first, unless their attempts are used up. Returns
+    (document id, dispatch token) pairs."""
+    _documents_abandoned_fail()
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [DISPATCH_LOCK_ID])
@@ -426,6 +430,63 @@ def documents_dispatch() -> list[tuple[int, str]]:
 
 def _lease(extra_s: float = 0) -> timedelta:
     return timedelta(seconds=settings.KB_INGEST_LEASE_S + extra_s)
+
+
+def _documents_abandoned_fail() -> None:
+    """Fail the documents whose worker died (or stalled past its lease) on their last allowed
+    attempt. A file that kills every worker that opens it (a parser crash, memory exhaustion, a
+    stall) would otherwise be handed out again forever, holding one of the
+    KB_INGEST_MAX_IN_FLIGHT slots every team shares. Before the dispatch transaction, on their
+    own: failing takes the knowledge base's row (a rebuild's end), which must not wait inside
+    the dispatcher's lock."""
+    now = timezone.now()
+    abandoned = Document.objects.filter(
+        status__in=(DocumentStatus.PARSING, DocumentStatus.EMBEDDING),
+        lease_expires_at__lt=now,
+        attempts__gte=settings.KB_INGEST_MAX_ATTEMPTS,
+    )
+    for document in abandoned:
+        reason = (
+            f"the worker died {document.attempts} times while ingesting this file (killed, out of memory, or "
+            f"stuck for {settings.KB_INGEST_LEASE_S} s without progress), so it is not tried again: split it or "
+            "save it in a simpler format, then reindex it"
+        )
+        logger.warning("document %s failed: %s", document.pk, reason)
+        _fail(document, reason, {}, expired_before=now)
+
+
+@contextlib.contextmanager
+def _lease_heartbeat(document: Document) -> Iterator[None]:
+    """Renew the document's lease from a thread while this worker is on it. Progress renews it
+    too, but a long parse, split or embedding request reports none, and an expired lease hands
+    the document to a second worker while the first still runs (and counts an attempt). The
+    thread dies with its process: a killed worker's lease still runs out. A worker stuck
+    holding the interpreter (a regex in C) stops renewing too."""
+    stop = threading.Event()
+    interval = settings.KB_INGEST_LEASE_S / 3
+
+    def renew() -> None:
+        try:
+            while not stop.wait(interval):
+                try:
+                    held = Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
+                        lease_expires_at=timezone.now() + _lease()
+                    )
+                except DatabaseError:
+                    logger.warning("could not renew the lease of document %s; trying again", document.pk)
+                    continue
+                if not held:
+                    return  # finished, failed or handed out again: nothing of this worker's to keep
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=renew, name=f"lease-document-{document.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 # --- ingestion --------------------------------------------------------------------------------
@@ -611,8 +672,15 @@ class _Superseded(Exception):
     """This worker's hold on the document ended (lease expired and handed out again)."""
 
 
-def _fail(document: Document, reason: str, timings: dict[str, float]) -> None:
-    failed = Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token).update(
+def _fail(
+    document: Document, reason: str, timings: dict[str, float], *, expired_before: datetime | None = None
+) -> None:
+    """Failed with the reason, if this holder still holds it (and, with expired_before, nobody
+    renewed its lease since)."""
+    held = Document.objects.filter(pk=document.pk, dispatch_token=document.dispatch_token)
+    if expired_before is not None:
+        held = held.filter(lease_expires_at__lt=expired_before)
+    failed = held.update(
         status=DocumentStatus.FAILED,
         error=reason[:4000],
         stage_timings=timings,
@@ -649,7 +717,8 @@ def document_process(*, document_id: int, token: str) -> None:
     if document is None:
         return
     try:
-        document_ingest(document=document)
+        with _lease_heartbeat(document):
+            document_ingest(document=document)
     except TransientIngestError as exc:
         document_retry_later(document=document, reason=str(exc))
     except _Superseded:

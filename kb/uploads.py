@@ -17,11 +17,17 @@ from typing import IO
 
 from django.conf import settings
 
-from kb.parsing import UnsupportedFile, detect_type
+from kb.parsing import (
+    CHUNK_BYTES,
+    MAX_COMPRESSION_RATIO,
+    SAFE_COMPRESSION,
+    BoundedReader,
+    UnsupportedFile,
+    compression_name,
+    detect_type,
+)
 
-CHUNK_BYTES = 1024 * 1024
 MAX_ARCHIVE_MEMBERS = 1000
-MAX_COMPRESSION_RATIO = 100  # larger ratios are what zip bombs are made of
 
 
 @dataclass
@@ -54,7 +60,7 @@ def sanitize_name(name: str) -> str:
     return name[:200]
 
 
-def save_stream(stream: IO[bytes] | _bounded, directory: Path, name: str, limit: int) -> tuple[Path, str, int]:
+def save_stream(stream: IO[bytes] | BoundedReader, directory: Path, name: str, limit: int) -> tuple[Path, str, int]:
     """Copy to disk while hashing and counting; UnsupportedFile once past the limit."""
     target = Path(tempfile.mkstemp(dir=directory, suffix=".upload")[1])
     digest = hashlib.sha256()
@@ -104,13 +110,17 @@ def expand_archive(path: Path, archive_name: str, workdir: Path) -> tuple[list[I
             if info.flag_bits & 0x1:
                 rejected.append(Rejection(label, "encrypted inside the archive: add it without a password"))
                 continue
+            if info.compress_type not in SAFE_COMPRESSION:
+                method = compression_name(info)
+                rejected.append(Rejection(label, f"compressed with {method}: add it with deflate, zip's default"))
+                continue
             if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
                 rejected.append(Rejection(label, "compressed more than 100:1, as zip bombs are: refused"))
                 continue
             try:
                 with archive.open(info) as member:
                     member_path, sha256, size = save_stream(
-                        _bounded(member, info.file_size), workdir, member_name, settings.KB_MAX_UPLOAD_BYTES
+                        BoundedReader(member, info.file_size), workdir, member_name, settings.KB_MAX_UPLOAD_BYTES
                     )
                 kind = detect_type(member_path, member_name)
             except (UnsupportedFile, zipfile.BadZipFile, OSError) as exc:
@@ -121,23 +131,6 @@ def expand_archive(path: Path, archive_name: str, workdir: Path) -> tuple[list[I
                 continue
             accepted.append(IncomingFile(member_name, member_path, sha256, size, kind))
     return accepted, rejected
-
-
-class _bounded:  # a tiny stream wrapper, named for what it does
-    """Reads at most the declared size (+1 byte to notice a lie): headers cannot understate a bomb."""
-
-    def __init__(self, stream: IO[bytes], declared: int) -> None:
-        self.stream = stream
-        self.remaining = declared + 1
-
-    def read(self, size: int = -1) -> bytes:
-        if self.remaining <= 0:
-            raise UnsupportedFile("the archive member is larger than its header says: refused")
-        block = self.stream.read(min(size if size > 0 else CHUNK_BYTES, self.remaining))
-        self.remaining -= len(block)
-        if self.remaining <= 0 and block:
-            raise UnsupportedFile("the archive member is larger than its header says: refused")
-        return block
 
 
 @contextlib.contextmanager
