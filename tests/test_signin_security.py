@@ -10,6 +10,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from axes.models import AccessAttempt
 from django.test import Client
@@ -75,6 +76,27 @@ def test_the_lock_lifts_after_the_cool_off_and_a_success_resets_the_count() -> N
     for _ in range(4):
         sign_in("/login/", user.username, "wrong")
     assert sign_in("/login/", user.username, PASSWORD)[0].status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lockout_holds_through_the_real_server(live_asgi_url: str) -> None:
+    """The same through uvicorn and Django's async middleware chain, CSRF and all."""
+    user = UserFactory.create()
+    with httpx.Client(base_url=live_asgi_url, timeout=60) as browser:
+
+        def attempt(password: str) -> httpx.Response:
+            browser.get("/login/")
+            token = browser.cookies["csrftoken"]
+            return browser.post("/login/", data={"username": user.username, "password": password,
+                                                 "csrfmiddlewaretoken": token})  # fmt: skip
+
+        assert [attempt("wrong").status_code for _ in range(4)] == [200] * 4
+        locked = attempt("wrong")
+        assert locked.status_code == 429
+        assert f"Too many failed sign-ins for “{user.username}”" in locked.text
+        refused = attempt(PASSWORD)
+        assert refused.status_code == 429
+        assert "sessionid" not in browser.cookies
 
 
 # --- the production check ------------------------------------------------------------------
