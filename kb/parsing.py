@@ -150,8 +150,11 @@ class BoundedReader:
         return block
 
 
+COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "Deflate64", 98: "PPMd"}
+
+
 def compression_name(info: zipfile.ZipInfo) -> str:
-    return zipfile.compressor_names.get(info.compress_type, f"method {info.compress_type}")
+    return COMPRESSION_NAMES.get(info.compress_type, f"compression method {info.compress_type}")
 
 
 def _unsafe_compression(original_name: str, info: zipfile.ZipInfo) -> str:
