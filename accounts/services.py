@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -14,6 +15,7 @@ from django.utils.text import slugify
 
 from accounts.models import ApiKey, Membership, Role, Scope, Team, User
 from accounts.selectors import api_key_hash, api_key_is_stale
+from chat.rooms import room_access_changed
 from chatplatform.domain_errors import DomainError
 
 API_KEY_PREFIX = "cp_"
@@ -40,6 +42,8 @@ def team_create(*, name: str, owner: User, slug: str = "") -> Team:
 def membership_set(*, team: Team, user: User, role: Role) -> Membership:
     _refuse_losing_last_owner(team=team, user=user, new_role=role)
     membership, _created = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    # Open team-room sockets checked the role when they connected: a demoted viewer stops writing now.
+    transaction.on_commit(partial(room_access_changed, user_id=user.pk, team_id=team.pk))
     return membership
 
 
@@ -49,6 +53,8 @@ def membership_remove(*, team: Team, user: User) -> None:
     Membership.objects.filter(team=team, user=user).delete()
     # The user's keys acted in this team only: they stop working with the membership.
     ApiKey.objects.filter(team=team, user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    # And so do their open team-room sockets, which would otherwise keep reading and posting.
+    transaction.on_commit(partial(room_access_changed, user_id=user.pk, team_id=team.pk))
 
 
 def _refuse_losing_last_owner(*, team: Team, user: User, new_role: Role | None) -> None:

@@ -144,7 +144,15 @@ CACHES = {
     }
 }
 # Team rooms (web.consumers): WebSocket consumers in every web process meet in Redis groups.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+# channels_redis waits for a socket's next event with a blocking pop that Redis ends after 5 s,
+# and redis-py (8.x) gives up reading after 5 s by default: an idle socket raced the two and died
+# with a TimeoutError. The read timeout stays finite so that a dead Redis is still noticed.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 15}]},
+    }
+}
 
 XINFERENCE_ENDPOINT = env.str("XINFERENCE_ENDPOINT", default="")
 XINFERENCE_API_KEY = env.str("XINFERENCE_API_KEY", default="")
@@ -251,6 +259,14 @@ API_RATE_LIMIT_KEY_PER_MINUTE = env.int("API_RATE_LIMIT_KEY_PER_MINUTE", default
 API_RATE_LIMIT_TEAM_PER_MINUTE = env.int("API_RATE_LIMIT_TEAM_PER_MINUTE", default=600)
 # The API-key audit log (accounts.audit) keeps this many days; beat prunes older rows hourly.
 API_KEY_AUDIT_RETENTION_DAYS = env.int("API_KEY_AUDIT_RETENTION_DAYS", default=90)
+# /healthz gives anonymous callers each component's status only; this bearer token (or a staff
+# session) also gets versions, worker names and model uids. Empty: staff sessions only.
+HEALTHZ_TOKEN = env.str("HEALTHZ_TOKEN", default="")
+# A successful Celery ping is reused this long, so a flood of /healthz is not a flood of broadcasts.
+HEALTHZ_PING_CACHE_S = env.int("HEALTHZ_PING_CACHE_S", default=5)
+# An open team-room WebSocket re-reads its user's role this often, to catch changes made outside
+# the membership services (the admin console deactivating a user); the services tell it at once.
+ROOM_ACCESS_RECHECK_S = env.float("ROOM_ACCESS_RECHECK_S", default=5.0)
 
 ADMIN_PASSWORD = env.str("CHATPLATFORM_ADMIN_PASSWORD", default="")
 DEFAULT_TEAM_SLUG = "default"

@@ -150,6 +150,8 @@ document.addEventListener("DOMContentLoaded", () => {
     socket.addEventListener("message", (event) => onRoomEvent(JSON.parse(event.data)));
     socket.addEventListener("close", (event) => {
       if (event.code === 4401 || event.code === 4404) { showError(root.dataset.textFailed + " " + event.code); return; }
+      // 4403: removed from the team or deactivated; the reason says so, and reconnecting cannot help.
+      if (event.code === 4403) { showError(event.reason || root.dataset.textFailed + " " + event.code); if (form) form.hidden = true; return; }
       showError(root.dataset.textReconnecting);
       setTimeout(connectRoom, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 10000);
