@@ -16,7 +16,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import ApiKey, Membership, Role, Scope, Team, Usage, User, default_scopes
+from accounts.models import ApiKey, Membership, Role, Scope, Team, Usage, User
 from accounts.permissions import ApiKeyScopePermission
 from accounts.selectors import has_team_role, team_ids_for, team_scoped, teams_for
 from accounts.services import api_key_create, api_key_revoke, membership_remove, membership_set, team_create
@@ -223,16 +223,11 @@ class ApiKeyViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         team = self.target_team(data.get("team_id"), Role.VIEWER)
-        scopes = data.get("scopes")
-        if self.api_key is not None:
-            wider = sorted(set(scopes or default_scopes()) - set(self.api_key.scopes))
-            if wider and Scope.ADMIN not in self.api_key.scopes:
-                raise PermissionDenied(f"This key cannot grant scopes it lacks: {wider}.")
         user = self.request.user
         assert isinstance(user, User)
         key, secret = api_key_create(
-            user=user, team=team, name=data["name"], scopes=scopes, expires_at=data.get("expires_at"),
-            rate_limit_per_minute=data.get("rate_limit_per_minute"),
+            user=user, team=team, name=data["name"], scopes=data.get("scopes"), expires_at=data.get("expires_at"),
+            rate_limit_per_minute=data.get("rate_limit_per_minute"), issued_by=self.api_key,
         )  # fmt: skip
         body = {**ApiKeySerializer(key).data, "key": secret}
         return Response(body, status=status.HTTP_201_CREATED)

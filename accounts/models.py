@@ -137,6 +137,22 @@ class Usage(models.Model):
         return f"{self.team} {self.user} {self.model_name} {self.day}"
 
 
+class QuotaReservation(models.Model):
+    """Tokens set aside for a model call in flight, counted against the quotas until the call
+    settles (the reservation becomes usage) or expires (its worker died)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="quota_reservations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="quota_reservations")
+    tokens = models.PositiveBigIntegerField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["team", "expires_at"], name="quota_reservation_team_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.team} {self.user} {self.tokens}"
+
+
 class Quota(models.Model):
     """A daily token limit for a whole team (user empty) or for one user in it."""
 

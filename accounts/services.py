@@ -26,6 +26,11 @@ class AccountsError(DomainError):
     """A request the accounts services refuse; the message says what to do instead."""
 
 
+class AccountsForbidden(AccountsError):
+    status_code = 403
+    code = "permission_denied"
+
+
 @transaction.atomic
 def team_create(*, name: str, owner: User, slug: str = "") -> Team:
     slug = slug or slugify(name)
@@ -72,8 +77,11 @@ def api_key_create(
     scopes: Sequence[str] | None = None,
     expires_at: datetime | None = None,
     rate_limit_per_minute: int | None = None,
+    issued_by: ApiKey | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key and its secret; the secret exists only in the return value."""
+    """A new key and its secret; the secret exists only in the return value. A key made with
+    another key (`issued_by`) never carries a scope that key lacks (unless it has `admin`) and
+    never outlives it: with no expiry given it expires with it."""
     if not Membership.objects.filter(user=user, team=team).exists():
         raise AccountsError(f"{user.username} is not a member of the team {team.slug!r}: add them to it first")
     chosen_scopes = list(scopes) if scopes is not None else [Scope.READ, Scope.WRITE, Scope.CHAT]
@@ -82,6 +90,15 @@ def api_key_create(
         raise AccountsError(f"unknown scopes {unknown}: choose from {sorted(Scope.values)}")
     if expires_at is not None and expires_at <= timezone.now():
         raise AccountsError("the expiry lies in the past: give a future date or none")
+    if issued_by is not None:
+        wider = sorted(set(chosen_scopes) - set(issued_by.scopes))
+        if wider and Scope.ADMIN not in issued_by.scopes:
+            raise AccountsForbidden(f"this key cannot grant scopes it lacks: {wider}")
+        if issued_by.expires_at is not None:
+            if expires_at is not None and expires_at > issued_by.expires_at:
+                limit = f"{issued_by.expires_at:%Y-%m-%d %H:%M} UTC"
+                raise AccountsError(f"a key cannot outlive the key that made it: give an expiry before {limit}")
+            expires_at = expires_at or issued_by.expires_at
     secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey.objects.create(
         user=user,

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -23,14 +23,18 @@ from rest_framework.views import APIView
 from accounts.api import TeamScopedModelViewSet
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, User
+from accounts.permissions import key_has_scope
 from accounts.selectors import has_team_role, team_scoped
 from chat.models import Assistant, Conversation, Message, MessageStatus
+from chat.selectors import assistants_visible, conversations_visible, messages_visible
 from chat.services import (
     assistant_create,
     assistant_default_for,
+    assistant_update,
     conversation_create,
     conversation_delete,
     conversation_files_kb,
+    conversation_update,
     message_feedback,
     turn_answer,
     turn_prepare,
@@ -42,15 +46,24 @@ from chatplatform.errors import api_error_response
 from chatplatform.pagination import IdCursorPagination
 from chatplatform.serializers import StrictFieldsMixin
 from kb.models import KnowledgeBase
+from kb.selectors import knowledge_bases_visible
 from kb.services import documents_upload
+from models_registry.models import ModelRegistration
 
 MAX_MESSAGE_CHARS = 32_000
 
 
 class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    team = serializers.IntegerField(source="team_id", required=False)
+    """References resolve among what the caller sees (another team's id is "not found", like a
+    missing one); chat.services checks they are the assistant's own team's and of the right kind."""
+
+    team = serializers.IntegerField(source="team_id", required=False, help_text="Set on create only.")
+    llm = serializers.PrimaryKeyRelatedField(queryset=ModelRegistration.objects.none())
+    rerank_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelRegistration.objects.none(), required=False, allow_null=True
+    )
     knowledge_bases = serializers.PrimaryKeyRelatedField(
-        many=True, queryset=KnowledgeBase.objects.all(), required=False
+        many=True, queryset=KnowledgeBase.objects.none(), required=False
     )
 
     class Meta:
@@ -61,6 +74,23 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         ]  # fmt: skip
         read_only_fields = ["created_at"]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            api_key = request.auth if isinstance(request.auth, ApiKey) else None
+            models = team_scoped(ModelRegistration.objects.all(), user=request.user, api_key=api_key)
+            self.fields["llm"].queryset = models
+            self.fields["rerank_model"].queryset = models
+            self.fields["knowledge_bases"].child_relation.queryset = knowledge_bases_visible(
+                user=request.user, api_key=api_key
+            )
+
+    def validate_team(self, team_id: int) -> int:
+        if self.instance is not None and team_id != self.instance.team_id:
+            raise serializers.ValidationError("An assistant cannot move to another team: create it there.")
+        return team_id
+
 
 class AssistantViewSet(TeamScopedModelViewSet):
     queryset = Assistant.objects.prefetch_related("knowledge_bases")
@@ -70,20 +100,14 @@ class AssistantViewSet(TeamScopedModelViewSet):
     def perform_create(self, serializer: serializers.BaseSerializer[Assistant]) -> None:
         data = dict(serializer.validated_data)
         team = self.target_team(data.pop("team_id", None), Role.ADMIN)
-        serializer.instance = assistant_create(
-            team=team, name=data.pop("name"), llm=data.pop("llm"), knowledge_bases=data.pop("knowledge_bases", []),
-            **data,
-        )  # fmt: skip
+        serializer.instance = assistant_create(team=team, **data)
 
     def perform_update(self, serializer: serializers.BaseSerializer[Assistant]) -> None:
         assistant = serializer.instance
         assert assistant is not None
-        data = serializer.validated_data
-        llm = data.get("llm", assistant.llm)
-        knowledge_bases = data.get("knowledge_bases", list(assistant.knowledge_bases.all()))
-        if llm.team_id != assistant.team_id or any(kb.team_id != assistant.team_id for kb in knowledge_bases):
-            raise exceptions.ValidationError({"detail": "Models and knowledge bases must belong to the team."})
-        serializer.save()
+        data = dict(serializer.validated_data)
+        data.pop("team_id", None)  # validate_team refused a change
+        serializer.instance = assistant_update(assistant=assistant, **data)
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -98,7 +122,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class ConversationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
-    team = serializers.IntegerField(source="team_id", required=False)
+    team = serializers.IntegerField(source="team_id", required=False, help_text="Set on create only.")
     assistant = serializers.PrimaryKeyRelatedField(queryset=Assistant.objects.all(), required=False)
 
     class Meta:
@@ -112,15 +136,12 @@ class ConversationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         request = self.context.get("request")
         if request is not None:
             api_key = request.auth if isinstance(request.auth, ApiKey) else None
-            assistants = team_scoped(Assistant.objects.all(), user=request.user, api_key=api_key)
-            self.fields["assistant"].queryset = assistants
+            self.fields["assistant"].queryset = assistants_visible(user=request.user, api_key=api_key)
 
-
-def visible_conversations(
-    queryset: QuerySet[Conversation], user: Any, api_key: ApiKey | None
-) -> QuerySet[Conversation]:
-    """The caller's own conversations and their teams' rooms."""
-    return team_scoped(queryset, user=user, api_key=api_key).filter(Q(owner=user) | Q(is_room=True))
+    def validate_team(self, team_id: int) -> int:
+        if self.instance is not None and team_id != self.instance.team_id:
+            raise serializers.ValidationError("A conversation cannot move to another team: start one there.")
+        return team_id
 
 
 class ConversationViewSet(TeamScopedModelViewSet):
@@ -130,7 +151,9 @@ class ConversationViewSet(TeamScopedModelViewSet):
     action_roles = {"files": Role.MEMBER, "stop": Role.MEMBER}
 
     def get_queryset(self) -> QuerySet[Conversation]:
-        return visible_conversations(Conversation.objects.select_related("assistant"), self.request.user, self.api_key)
+        return conversations_visible(
+            user=self.request.user, api_key=self.api_key, queryset=Conversation.objects.select_related("assistant")
+        )
 
     def perform_create(self, serializer: serializers.BaseSerializer[Conversation]) -> None:
         data = serializer.validated_data
@@ -144,7 +167,9 @@ class ConversationViewSet(TeamScopedModelViewSet):
         conversation = serializer.instance
         assert conversation is not None
         self._require_owner(conversation)
-        serializer.save(team_id=conversation.team_id)
+        data = dict(serializer.validated_data)
+        data.pop("team_id", None)  # validate_team refused a change
+        serializer.instance = conversation_update(conversation=conversation, **data)
 
     def perform_destroy(self, instance: Conversation) -> None:
         self._require_owner(instance)
@@ -199,6 +224,7 @@ class ConversationMessagesView(GenericAPIView[Message]):
     serializer_class = MessageSerializer
     pagination_class = IdCursorPagination
     queryset = Message.objects.none()  # for the schema; rows come from conversation_for()
+    required_scopes = {"POST": Scope.CHAT}
 
     @extend_schema(responses=MessageSerializer(many=True))
     def get(self, request: Request, pk: int) -> Response:
@@ -220,6 +246,8 @@ class ConversationMessagesView(GenericAPIView[Message]):
 
 
 class RegenerateView(APIView):
+    required_scope = Scope.CHAT
+
     @extend_schema(request=None, responses={201: MessageSerializer})
     def post(self, request: Request, pk: int) -> Response:
         conversation = conversation_for(request, pk, scope=Scope.CHAT)
@@ -236,9 +264,9 @@ def conversation_for(request: Request, pk: int, scope: str | None = None) -> Con
     """A conversation the caller sees; asking for the `chat` scope also needs the member role
     (viewers read rooms, they do not write in them)."""
     api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    if api_key is not None and scope is not None and scope not in api_key.scopes and Scope.ADMIN not in api_key.scopes:
+    if api_key is not None and scope is not None and not key_has_scope(api_key, scope):
         raise exceptions.PermissionDenied(f"This API key lacks the {scope!r} scope: create a key with it.")
-    conversation = visible_conversations(Conversation.objects.all(), request.user, api_key).filter(pk=pk).first()
+    conversation = conversations_visible(user=request.user, api_key=api_key).filter(pk=pk).first()
     if conversation is None:
         raise exceptions.NotFound("No such conversation.")
     if scope == Scope.CHAT:
@@ -260,11 +288,12 @@ class FeedbackSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class FeedbackView(APIView):
+    required_scope = Scope.CHAT  # feedback is part of chatting, as the member role it needs
+
     @extend_schema(request=FeedbackSerializer, responses=MessageSerializer)
     def post(self, request: Request, pk: int) -> Response:
         api_key = request.auth if isinstance(request.auth, ApiKey) else None
-        conversations = visible_conversations(Conversation.objects.all(), request.user, api_key)
-        message = Message.objects.filter(pk=pk, conversation__in=conversations).first()
+        message = messages_visible(user=request.user, api_key=api_key).filter(pk=pk).first()
         if message is None:
             raise exceptions.NotFound("No such message.")
         require_member(request, message.conversation.team_id)

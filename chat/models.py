@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 
 from accounts.models import Team
-from kb.models import KnowledgeBase
+from kb.models import KnowledgeBase, RetrievalMode
 from models_registry.models import ModelRegistration
 
 
@@ -18,7 +18,7 @@ class Assistant(models.Model):
     llm = models.ForeignKey(ModelRegistration, on_delete=models.PROTECT, related_name="assistants")
     knowledge_bases = models.ManyToManyField(KnowledgeBase, blank=True, related_name="assistants")
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant for the team.")
-    retrieval_mode = models.CharField(max_length=10, default="hybrid")
+    retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.HYBRID)
     top_k = models.PositiveSmallIntegerField(default=4)
     score_threshold = models.FloatField(null=True, blank=True)
     rerank_model = models.ForeignKey(

@@ -9,23 +9,23 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
 from django.utils import timezone
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from accounts.models import Quota, Team, Usage, User
+from accounts.models import Team, User
+from accounts.quotas import quota_check, quota_release, quota_reserve, usage_record
 from chat import prompts
 from chat.memory import estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
 from chatplatform.domain_errors import DomainError, ModelUnavailable
+from chatplatform.unset import UNSET, Unset, given
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
-from kb.models import KnowledgeBase
+from kb.models import KnowledgeBase, RetrievalMode
 from kb.retrieval import Hit, SearchRequest, kb_search
 from models_registry.langchain_models import chat_model_for
 from models_registry.models import ModelKind, ModelRegistration
@@ -41,12 +41,41 @@ class ChatError(DomainError):
     pass
 
 
-class QuotaExceeded(DomainError):
-    status_code = 429
-    code = "quota_exceeded"
-
-
 # --- assistants and conversations -------------------------------------------------------------
+
+
+def _check_references(
+    *,
+    team: Team,
+    llm: ModelRegistration | None = None,
+    knowledge_bases: list[KnowledgeBase] | None = None,
+    rerank_model: ModelRegistration | None = None,
+) -> None:
+    """Every object an assistant points at is the team's own and of the right kind. Messages name
+    ids, never names: the caller may have sent another team's id."""
+    if llm is not None and (llm.team_id != team.pk or llm.kind != ModelKind.LLM):
+        raise ChatError(f"llm: no LLM with id {llm.pk} in this team; choose one of the team's LLMs")
+    if rerank_model is not None and (rerank_model.team_id != team.pk or rerank_model.kind != ModelKind.RERANK):
+        raise ChatError(
+            f"rerank_model: no rerank model with id {rerank_model.pk} in this team; choose one of the team's rerankers"
+        )
+    for kb in knowledge_bases or []:
+        # A conversation's dropped files are private to it: no assistant may search them.
+        if kb.team_id != team.pk or KnowledgeBase.objects.filter(pk=kb.pk, file_conversation__isnull=False).exists():
+            raise ChatError(f"knowledge_bases: no knowledge base with id {kb.pk} in this team")
+
+
+def _check_name_free(team: Team, name: str, assistant_id: int | None = None) -> None:
+    same_name = Assistant.objects.filter(team=team, name=name)
+    if assistant_id is not None:
+        same_name = same_name.exclude(pk=assistant_id)
+    if same_name.exists():
+        raise ChatError(f"the team has an assistant named {name!r} already: choose another name")
+
+
+def _check_retrieval_mode(mode: str) -> None:
+    if mode not in RetrievalMode.values:
+        raise ChatError(f"retrieval_mode must be one of {', '.join(RetrievalMode.values)}")
 
 
 @transaction.atomic
@@ -56,17 +85,69 @@ def assistant_create(
     name: str,
     llm: ModelRegistration,
     knowledge_bases: list[KnowledgeBase] | None = None,
-    **settings_: Any,
+    rerank_model: ModelRegistration | None = None,
+    system_prompt: str | None = None,
+    retrieval_mode: str = RetrievalMode.HYBRID,
+    top_k: int | None = None,
+    score_threshold: float | None = None,
+    recent_tokens: int | None = None,
+    summary_tokens: int | None = None,
+    max_answer_tokens: int | None = None,
 ) -> Assistant:
-    if llm.team_id != team.pk or llm.kind != ModelKind.LLM:
-        raise ChatError(f"{llm.name} is not an LLM of the team {team.slug!r}")
-    for kb in knowledge_bases or []:
-        if kb.team_id != team.pk:
-            raise ChatError(f"the knowledge base {kb.name!r} belongs to another team")
-    if settings_.get("retrieval_mode", "hybrid") not in ("hybrid", "vector", "fulltext"):
-        raise ChatError("retrieval_mode must be hybrid, vector or fulltext")
-    assistant = Assistant.objects.create(team=team, name=name, llm=llm, **settings_)
+    """A new assistant of `team`; settings left as None take the model's defaults."""
+    _check_references(team=team, llm=llm, knowledge_bases=knowledge_bases, rerank_model=rerank_model)
+    _check_retrieval_mode(retrieval_mode)
+    _check_name_free(team, name)
+    optional = {
+        "system_prompt": system_prompt, "top_k": top_k, "recent_tokens": recent_tokens,
+        "summary_tokens": summary_tokens, "max_answer_tokens": max_answer_tokens,
+    }  # fmt: skip
+    assistant = Assistant.objects.create(
+        team=team, name=name, llm=llm, rerank_model=rerank_model, retrieval_mode=retrieval_mode,
+        score_threshold=score_threshold, **{key: value for key, value in optional.items() if value is not None},
+    )  # fmt: skip
     assistant.knowledge_bases.set(knowledge_bases or [])
+    return assistant
+
+
+@transaction.atomic
+def assistant_update(
+    *,
+    assistant: Assistant,
+    name: str | Unset = UNSET,
+    llm: ModelRegistration | Unset = UNSET,
+    knowledge_bases: list[KnowledgeBase] | Unset = UNSET,
+    rerank_model: ModelRegistration | Unset | None = UNSET,
+    system_prompt: str | Unset = UNSET,
+    retrieval_mode: str | Unset = UNSET,
+    top_k: int | Unset = UNSET,
+    score_threshold: float | Unset | None = UNSET,
+    recent_tokens: int | Unset = UNSET,
+    summary_tokens: int | Unset = UNSET,
+    max_answer_tokens: int | Unset = UNSET,
+) -> Assistant:
+    """Change what is given; the team never changes (an assistant is created in the team it serves)."""
+    _check_references(
+        team=assistant.team,
+        llm=None if isinstance(llm, Unset) else llm,
+        knowledge_bases=None if isinstance(knowledge_bases, Unset) else knowledge_bases,
+        rerank_model=None if isinstance(rerank_model, Unset) else rerank_model,
+    )
+    if not isinstance(retrieval_mode, Unset):
+        _check_retrieval_mode(retrieval_mode)
+    if not isinstance(name, Unset):
+        _check_name_free(assistant.team, name, assistant_id=assistant.pk)
+    changes = given(
+        name=name, llm=llm, rerank_model=rerank_model, system_prompt=system_prompt, retrieval_mode=retrieval_mode,
+        top_k=top_k, score_threshold=score_threshold, recent_tokens=recent_tokens, summary_tokens=summary_tokens,
+        max_answer_tokens=max_answer_tokens,
+    )  # fmt: skip
+    for key, value in changes.items():
+        setattr(assistant, key, value)
+    if changes:
+        assistant.save(update_fields=[*changes, "updated_at"])
+    if not isinstance(knowledge_bases, Unset):
+        assistant.knowledge_bases.set(knowledge_bases)
     return assistant
 
 
@@ -82,9 +163,13 @@ def assistant_default_for(*, team: Team) -> Assistant:
     return assistant_create(team=team, name="Assistant", llm=llm)
 
 
-def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_room: bool = False) -> Conversation:
+def _check_assistant(team: Team, assistant: Assistant) -> None:
     if assistant.team_id != team.pk:
-        raise ChatError("the assistant belongs to another team")
+        raise ChatError(f"assistant: no assistant with id {assistant.pk} in this team; choose one of the team's")
+
+
+def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_room: bool = False) -> Conversation:
+    _check_assistant(team, assistant)
     conversation = Conversation.objects.create(team=team, owner=owner, assistant=assistant, is_room=is_room)
     webhook_emit(
         team_id=team.pk,
@@ -92,6 +177,24 @@ def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_roo
         payload={"conversation_id": conversation.pk, "assistant_id": assistant.pk, "owner_id": owner.pk,
                  "is_room": is_room},
     )  # fmt: skip
+    return conversation
+
+
+def conversation_update(
+    *,
+    conversation: Conversation,
+    title: str | Unset = UNSET,
+    assistant: Assistant | Unset = UNSET,
+    is_room: bool | Unset = UNSET,
+) -> Conversation:
+    """Rename, switch assistant (one of the conversation's own team) or open it as a room."""
+    if not isinstance(assistant, Unset):
+        _check_assistant(conversation.team, assistant)
+    changes = given(title=title, assistant=assistant, is_room=is_room)
+    for key, value in changes.items():
+        setattr(conversation, key, value)
+    if changes:
+        conversation.save(update_fields=[*changes, "updated_at"])
     return conversation
 
 
@@ -145,40 +248,6 @@ def message_feedback(*, message: Message, value: int, comment: str = "") -> Mess
     return message
 
 
-# --- quotas and usage -------------------------------------------------------------------------
-
-
-def _next_reset() -> datetime:
-    tomorrow = timezone.now().astimezone(UTC).date() + timedelta(days=1)
-    return datetime.combine(tomorrow, time.min, tzinfo=UTC)
-
-
-def quota_check(*, team: Team, user: User) -> None:
-    """Refuse before calling the model when the team's or the user's daily tokens are used up."""
-    today = timezone.now().astimezone(UTC).date()
-    for quota in Quota.objects.filter(team=team).filter(user__isnull=True) | Quota.objects.filter(team=team, user=user):
-        rows = Usage.objects.filter(team=team, day=today)
-        if quota.user_id is not None:
-            rows = rows.filter(user_id=quota.user_id)
-        used = rows.aggregate(total=Sum(F("tokens_in") + F("tokens_out")))["total"] or 0
-        if used >= quota.daily_tokens:
-            whose = "your" if quota.user_id else "the team's"
-            reset = _next_reset()
-            hours, rest = divmod(int((reset - timezone.now()).total_seconds()), 3600)
-            raise QuotaExceeded(
-                f"{whose} daily quota of {quota.daily_tokens} tokens is used up ({used} used); it resets at "
-                f"{reset:%Y-%m-%d %H:%M} UTC, in {hours} h {rest // 60} min"
-            )
-
-
-def usage_record(*, team_id: int, user_id: int, model_name: str, tokens_in: int, tokens_out: int) -> None:
-    today = timezone.now().astimezone(UTC).date()
-    row, _ = Usage.objects.get_or_create(team_id=team_id, user_id=user_id, model_name=model_name, day=today)
-    Usage.objects.filter(pk=row.pk).update(
-        requests=F("requests") + 1, tokens_in=F("tokens_in") + tokens_in, tokens_out=F("tokens_out") + tokens_out
-    )
-
-
 # --- a turn -----------------------------------------------------------------------------------
 
 
@@ -195,6 +264,7 @@ class AnswerPlan:
     max_tokens: int
     retrieval_query: str = ""
     canned_answer: str | None = None  # said instead of calling the model (nothing found)
+    reservation_id: int | None = None  # the quota held for the answer (accounts.quotas)
 
     @property
     def prompt_tokens(self) -> int:
@@ -227,13 +297,31 @@ def _history(conversation: Conversation, before_id: int) -> list[Message]:
     )
 
 
-def _rewrite(llm: ModelRegistration, recent: list[Turn], question: str) -> str:
+def invoke_metered(
+    *, llm: ModelRegistration, prompt: list[BaseMessage], max_tokens: int, team_id: int, user_id: int
+) -> BaseMessage:
+    """One whole (not streamed) model call for the platform's own needs (rewrite, summary, title),
+    metered to the team and user it serves."""
+    answer = chat_model_for(llm).invoke(prompt, max_tokens=max_tokens)
+    usage = getattr(answer, "usage_metadata", None) or {}
+    usage_record(
+        team_id=team_id, user_id=user_id, model_name=llm.name,
+        tokens_in=usage.get("input_tokens") or sum(estimate_tokens(str(m.content)) + 4 for m in prompt),
+        tokens_out=usage.get("output_tokens") or estimate_tokens(str(answer.content)),
+    )  # fmt: skip
+    return answer
+
+
+def _rewrite(llm: ModelRegistration, recent: list[Turn], question: str, *, team_id: int, user_id: int) -> str:
     """A standalone query for retrieval; the question itself when the model fails or rambles."""
     transcript = "\n".join(f"{turn.role}: {turn.content[:500]}" for turn in recent[-4:])
     try:
-        answer = chat_model_for(llm).invoke(
-            [SystemMessage(prompts.REWRITE_SYSTEM), HumanMessage(f"{transcript}\nuser: {question}")],
+        answer = invoke_metered(
+            llm=llm,
+            prompt=[SystemMessage(prompts.REWRITE_SYSTEM), HumanMessage(f"{transcript}\nuser: {question}")],
             max_tokens=REWRITE_MAX_TOKENS,
+            team_id=team_id,
+            user_id=user_id,
         )
     except Exception:  # retrieval must not fail because the rewrite did
         logger.warning("query rewrite failed; searching with the question as asked", exc_info=True)
@@ -266,14 +354,18 @@ def answer_plan(
     team_id: int,
     user_id: int,
     extra_system: str = "",
+    max_tokens: int | None = None,
 ) -> AnswerPlan:
     """Rewrite (when there is history) → retrieve → prompt: system prompt, running summary, recent
-    turns and the question, each within the assistant's budget, with numbered sources."""
+    turns and the question, each within the assistant's budget, with numbered sources. The quota
+    is checked before any model call and the answer's tokens reserved last (its size bounded by
+    what the quota has left); the caller settles the reservation with usage_record."""
+    quota_check(team_id=team_id, user_id=user_id)
     query = question
     hits: list[Hit] = []
     if knowledge_bases:
         if recent:
-            query = _rewrite(assistant.llm, recent, question)
+            query = _rewrite(assistant.llm, recent, question, team_id=team_id, user_id=user_id)
         # The embedding model down raises ModelUnavailable (503) from the search itself.
         hits = kb_search(
             knowledge_bases=knowledge_bases,
@@ -300,16 +392,22 @@ def answer_plan(
         text = trim_to_budget(turn.content, assistant.recent_tokens)
         prompt.append(HumanMessage(text) if turn.role == Message.Role.USER else AIMessage(text))
     prompt.append(HumanMessage(trim_to_budget(question, assistant.recent_tokens)))
-    return AnswerPlan(
+    plan = AnswerPlan(
         team_id=team_id,
         user_id=user_id,
         llm=assistant.llm,
         prompt=prompt,
         sources=sources,
-        max_tokens=assistant.max_answer_tokens,
+        max_tokens=min(max_tokens or assistant.max_answer_tokens, assistant.max_answer_tokens),
         retrieval_query=query if knowledge_bases else "",
         canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits else None,
     )
+    if plan.canned_answer is None:
+        reservation = quota_reserve(
+            team_id=team_id, user_id=user_id, prompt_tokens=plan.prompt_tokens, answer_tokens=plan.max_tokens
+        )
+        plan.reservation_id, plan.max_tokens = reservation.id, reservation.answer_tokens
+    return plan
 
 
 def turn_prepare(*, conversation: Conversation, author: User, content: str, regenerate: bool = False) -> PreparedTurn:
@@ -317,7 +415,6 @@ def turn_prepare(*, conversation: Conversation, author: User, content: str, rege
     assistant's message in `streaming` state."""
     conversation = Conversation.objects.select_related("assistant__llm__provider", "team").get(pk=conversation.pk)
     assistant = conversation.assistant
-    quota_check(team=conversation.team, user=author)
     if regenerate:
         last_user = conversation.messages.filter(role=Message.Role.USER).order_by("-pk").first()
         if last_user is None:
@@ -397,8 +494,10 @@ def turn_finish(
     if called_model:
         usage_record(
             team_id=turn.team_id, user_id=turn.user_id, model_name=turn.llm.name, tokens_in=tokens_in,
-            tokens_out=tokens_out,
+            tokens_out=tokens_out, reservation_id=turn.reservation_id,
         )  # fmt: skip
+    else:
+        quota_release(reservation_id=turn.reservation_id)
     if status != MessageStatus.FAILED:
         # Robust: the answer is saved; a broker that is down costs this turn's title or summary
         # (logged), and the next turn asks for them again.
@@ -445,6 +544,7 @@ def turn_answer(*, turn: PreparedTurn) -> Message:
         answer = chat_model_for(turn.llm).invoke(turn.prompt, max_tokens=turn.max_tokens)
     except Exception as exc:
         Message.objects.filter(pk=turn.assistant_message_id).delete()
+        quota_release(reservation_id=turn.reservation_id)
         raise ModelUnavailable(
             f"the model {turn.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
         ) from exc
@@ -478,10 +578,13 @@ def conversation_summarize(*, conversation_id: int) -> bool:
         words = max(40, conversation.assistant.summary_tokens * 3 // 4)
         turns = "\n".join(f"{turn.role}: {turn.content}" for turn in fold)
         existing = conversation.summary or "(none yet)"
-        answer = chat_model_for(conversation.assistant.llm).invoke(
-            [SystemMessage(prompts.SUMMARY_SYSTEM.format(words=words)),
-             HumanMessage(f"Existing summary:\n{existing}\n\nNew turns:\n{turns}")],
+        answer = invoke_metered(
+            llm=conversation.assistant.llm,
+            prompt=[SystemMessage(prompts.SUMMARY_SYSTEM.format(words=words)),
+                    HumanMessage(f"Existing summary:\n{existing}\n\nNew turns:\n{turns}")],
             max_tokens=conversation.assistant.summary_tokens,
+            team_id=conversation.team_id,
+            user_id=conversation.owner_id,
         )  # fmt: skip
         summary = str(answer.content).strip() or conversation.summary
         conversation.summary = trim_to_budget(summary, conversation.assistant.summary_tokens)
@@ -499,8 +602,12 @@ def conversation_title(*, conversation_id: int) -> None:
         return
     fallback = first.content.strip().splitlines()[0][:60] if first.content.strip() else "Conversation"
     try:
-        answer = chat_model_for(conversation.assistant.llm).invoke(
-            [SystemMessage(prompts.TITLE_SYSTEM), HumanMessage(first.content[:1000])], max_tokens=16
+        answer = invoke_metered(
+            llm=conversation.assistant.llm,
+            prompt=[SystemMessage(prompts.TITLE_SYSTEM), HumanMessage(first.content[:1000])],
+            max_tokens=16,
+            team_id=conversation.team_id,
+            user_id=conversation.owner_id,
         )
         proposed = str(answer.content).strip().strip('"').splitlines()[0][:80] if str(answer.content).strip() else ""
     except Exception:  # a title is a nicety: fall back to the question's start

@@ -234,7 +234,12 @@ REST_FRAMEWORK = {
         "accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Every endpoint declares the API-key scope it needs (read for reads, write for changes,
+    # unless the view names another), so no endpoint can be reached with a key lacking it.
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "accounts.permissions.ApiKeyScopePermission",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "chatplatform.errors.api_exception_handler",
@@ -250,7 +255,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    "ENUM_NAME_OVERRIDES": {"TeamRoleEnum": "accounts.models.Role", "MessageRoleEnum": "chat.models.Message.Role"},
+    "ENUM_NAME_OVERRIDES": {
+        "TeamRoleEnum": "accounts.models.Role",
+        "MessageRoleEnum": "chat.models.Message.Role",
+        "RetrievalModeEnum": "kb.models.RetrievalMode",
+    },
 }
 
 # Requests per minute made with API keys, counted in Redis: per key and per team (a key or a

@@ -33,6 +33,7 @@ from rest_framework.views import APIView
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, Team, User
 from accounts.permissions import ApiKeyScopePermission
+from accounts.quotas import quota_check, quota_release, usage_record
 from accounts.selectors import has_team_role
 from chat.memory import estimate_tokens, recent_window
 from chat.models import Assistant
@@ -42,8 +43,6 @@ from chat.services import (
     Turn,
     answer_plan,
     assistant_default_for,
-    quota_check,
-    usage_record,
 )
 from chatplatform.async_views import body_asks_for_stream, stream_or_rest
 from chatplatform.domain_errors import DomainError, ModelUnavailable
@@ -270,7 +269,6 @@ def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> 
     window, the last user message is the question."""
     assistant = _assistant_named(api_key.team, data["model"])
     _require_member(user, api_key)
-    quota_check(team=api_key.team, user=user)
     messages = data["messages"]
     extra_system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
     turns = [Turn(role=m["role"], content=m["content"]) for m in messages if m["role"] in ("user", "assistant")]
@@ -285,10 +283,10 @@ def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> 
         team_id=api_key.team_id,
         user_id=user.pk,
         extra_system=extra_system,
+        max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
     )
-    requested = data.get("max_completion_tokens") or data.get("max_tokens")
     model_kwargs = {field: data[field] for field in SAMPLING_FIELDS if data.get(field) is not None}
-    model_kwargs["max_tokens"] = min(requested, plan.max_tokens) if requested else plan.max_tokens
+    model_kwargs["max_tokens"] = plan.max_tokens
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     return Completion(plan=plan, model_name=assistant.name, model_kwargs=model_kwargs, include_usage=include_usage)
 
@@ -312,6 +310,7 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
         try:
             answer = chat_model_for(plan.llm).invoke(plan.prompt, **completion.model_kwargs)
         except Exception as exc:
+            quota_release(reservation_id=plan.reservation_id)
             raise ModelUnavailable(
                 f"the model {plan.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
             ) from exc
@@ -322,7 +321,7 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
         finish = _finish_reason(answer.response_metadata)
         usage_record(
             team_id=plan.team_id, user_id=plan.user_id, model_name=plan.llm.name, tokens_in=prompt_tokens,
-            tokens_out=completion_tokens,
+            tokens_out=completion_tokens, reservation_id=plan.reservation_id,
         )  # fmt: skip
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -473,7 +472,7 @@ class CompletionStream:
         completion_tokens = self.usage.get("output_tokens") or estimate_tokens("".join(self.parts))
         await sync_to_async(usage_record)(
             team_id=plan.team_id, user_id=plan.user_id, model_name=plan.llm.name, tokens_in=prompt_tokens,
-            tokens_out=completion_tokens,
+            tokens_out=completion_tokens, reservation_id=plan.reservation_id,
         )  # fmt: skip
         return prompt_tokens, completion_tokens
 
@@ -492,6 +491,7 @@ async def _stream_completion(request: HttpRequest) -> HttpResponseBase:
             first = await upstream.__anext__()
         except Exception as exc:  # down or refusing before the first token: a plain 503
             await upstream.aclose()
+            await sync_to_async(quota_release)(reservation_id=plan.reservation_id)
             message = f"the model {plan.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
             return openai_error_response(503, message, "model_unavailable")
     stream = CompletionStream(prepared, upstream, first)
@@ -573,7 +573,7 @@ class EmbeddingsView(OpenAIView):
                 {"dimensions": f"{registration.name} makes {registration.dimensions}-dimensional vectors only"}
             )
         _require_member(user, api_key)
-        quota_check(team=api_key.team, user=user)
+        quota_check(team_id=api_key.team_id, user_id=user.pk)
         texts: list[str] = data.validated_data["input"]
         try:
             vectors = embeddings_for(registration).embed_documents(texts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status
 from rest_framework.decorators import action
@@ -16,11 +17,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api import TeamScopedModelViewSet, TeamScopedViewSet
-from accounts.models import Role
+from accounts.models import ApiKey, Role
+from accounts.selectors import team_scoped
 from chatplatform.pagination import IdCursorPagination
 from chatplatform.serializers import StrictFieldsMixin
-from kb.models import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, DEFAULT_SPLITTER, Document, KnowledgeBase, Splitter
-from kb.retrieval import MODES, SearchRequest, kb_search
+from kb.models import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_SPLITTER,
+    Document,
+    KnowledgeBase,
+    RetrievalMode,
+    Splitter,
+)
+from kb.retrieval import SearchRequest, kb_search
+from kb.selectors import documents_visible, knowledge_bases_visible
 from kb.services import (
     document_delete,
     document_reindex,
@@ -37,7 +48,7 @@ from models_registry.selectors import team_default_model
 class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     embedding_model = serializers.PrimaryKeyRelatedField(
-        queryset=ModelRegistration.objects.filter(kind=ModelKind.EMBEDDING),
+        queryset=ModelRegistration.objects.none(),  # the caller's teams' models: set per request
         required=False,
         help_text="Defaults to the team's default embedding model.",
     )
@@ -51,6 +62,15 @@ class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "generation", "rebuilding", "vector_index", "document_count", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["generation", "vector_index", "created_at", "updated_at"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None:
+            api_key = request.auth if isinstance(request.auth, ApiKey) else None
+            self.fields["embedding_model"].queryset = team_scoped(
+                ModelRegistration.objects.all(), user=request.user, api_key=api_key
+            )
 
     def get_document_count(self, kb: KnowledgeBase) -> int:
         return kb.documents.count()
@@ -69,7 +89,7 @@ class DocumentSerializer(serializers.ModelSerializer):
 class SearchInputSerializer(StrictFieldsMixin, serializers.Serializer):
     query = serializers.CharField(max_length=2000)
     top_k = serializers.IntegerField(min_value=1, max_value=100, default=5)
-    mode = serializers.ChoiceField(choices=MODES, default="hybrid")
+    mode = serializers.ChoiceField(choices=RetrievalMode.choices, default=RetrievalMode.HYBRID)
     score_threshold = serializers.FloatField(required=False, allow_null=True, default=None)
     document_ids = serializers.ListField(child=serializers.IntegerField(), required=False, allow_empty=True)
     mmr = serializers.BooleanField(default=False)
@@ -108,6 +128,11 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
     action_roles = {**ADMIN_ACTIONS}
     filterset_fields = ["team"]
     parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def get_queryset(self) -> QuerySet[KnowledgeBase]:
+        return knowledge_bases_visible(user=self.request.user, api_key=self.api_key).select_related(
+            "embedding_model__provider"
+        )
 
     def perform_create(self, serializer: serializers.BaseSerializer[KnowledgeBase]) -> None:
         data = serializer.validated_data
@@ -217,10 +242,11 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
         kb = self.get_object()
         data = request.data if isinstance(request.data, dict) else {}
         model = None
-        if data.get("embedding_model") is not None:
-            model = ModelRegistration.objects.filter(pk=data["embedding_model"], team_id=kb.team_id).first()
+        model_id = _optional_int(data, "embedding_model")
+        if model_id is not None:
+            model = ModelRegistration.objects.filter(pk=model_id, team_id=kb.team_id, kind=ModelKind.EMBEDDING).first()
             if model is None:
-                raise ValidationError({"embedding_model": "No such model in the team."})
+                raise ValidationError({"embedding_model": "No embedding model with this id in the team."})
         kb = kb_rebuild(
             kb=kb,
             embedding_model=model,
@@ -253,6 +279,9 @@ class DocumentViewSet(mixins.RetrieveModelMixin, mixins.DestroyModelMixin, mixin
     serializer_class = DocumentSerializer
     action_roles = {"destroy": Role.MEMBER, "reindex": Role.MEMBER}
     filterset_fields = ["knowledge_base", "status"]
+
+    def get_queryset(self) -> QuerySet[Document]:
+        return documents_visible(user=self.request.user, api_key=self.api_key)
 
     def perform_destroy(self, instance: Document) -> None:
         document_delete(document=instance)

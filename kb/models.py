@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 from pgvector.django import VectorField
 
 from accounts.models import Team
@@ -34,6 +35,14 @@ class VectorIndex(models.TextChoices):
     NONE = "none", "Not indexed (searched exactly)"
     BUILDING = "building", "Being indexed"
     READY = "ready", "Indexed"
+
+
+class RetrievalMode(models.TextChoices):
+    """How a search ranks chunks: by meaning, by words, or both fused."""
+
+    HYBRID = "hybrid", _("Hybrid")
+    VECTOR = "vector", _("Vector")
+    FULLTEXT = "fulltext", _("Full text")
 
 
 class KnowledgeBase(models.Model):

@@ -16,13 +16,12 @@ from django.db import connection, transaction
 
 from chatplatform.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
-from kb.models import KnowledgeBase, VectorIndex
+from kb.models import KnowledgeBase, RetrievalMode, VectorIndex
 from kb.vector_indexes import embedding_expression, index_predicate, vector_type
 from models_registry.langchain_models import embeddings_for, reranker_for
 from models_registry.models import ModelRegistration
 
 RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al.)
-MODES = ("hybrid", "vector", "fulltext")
 
 
 class SearchError(DomainError):
@@ -54,8 +53,8 @@ class SearchRequest:
 
 
 def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> list[Hit]:
-    if request.mode not in MODES:
-        raise SearchError(f"unknown mode {request.mode!r}: choose from {', '.join(MODES)}")
+    if request.mode not in RetrievalMode.values:
+        raise SearchError(f"unknown mode {request.mode!r}: choose from {', '.join(RetrievalMode.values)}")
     if not request.query.strip():
         raise SearchError("the query is empty: type what to look for")
     if not 1 <= request.top_k <= 100:

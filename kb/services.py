@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import openai
 from django.conf import settings
@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.models import Team
 from chatplatform.domain_errors import DomainError
+from chatplatform.unset import UNSET, Unset, given
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb import fulltext
@@ -49,7 +50,7 @@ from kb.vector_indexes import indexable, vector_index_build, vector_index_ready,
 from models_registry.credentials import CredentialsUnreadable
 from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
-from models_registry.providers.base import ProviderError, ProviderRefused, ProviderUnreachable
+from models_registry.providers.base import ProviderError, ProviderRefused, ProviderUnreachable, ProviderUnsafe
 from models_registry.services import registration_probe_dimensions
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class TransientIngestError(Exception):
 
 def _check_embedding_model(team: Team, model: ModelRegistration) -> None:
     if model.team_id != team.pk or model.kind != ModelKind.EMBEDDING:
-        raise KnowledgeBaseError(f"{model.name} is not an embedding model of the team {team.slug!r}")
+        # The id, not the name: the caller may have sent another team's id.
+        raise KnowledgeBaseError(f"embedding_model: no embedding model with id {model.pk} in this team")
     if not model.dimensions:
         raise KnowledgeBaseError(f"{model.name} has no dimensions: set them on its registration first")
     try:
@@ -130,8 +132,22 @@ def _vector_index_soon(model: ModelRegistration) -> None:
     transaction.on_commit(partial(vector_index_soon, model.pk))
 
 
-def kb_update(*, kb: KnowledgeBase, **changes: Any) -> KnowledgeBase:
-    """Name and description change in place; chunking and the embedding model through a rebuild."""
+def kb_update(
+    *,
+    kb: KnowledgeBase,
+    name: str | Unset = UNSET,
+    description: str | Unset = UNSET,
+    embedding_model: ModelRegistration | Unset = UNSET,
+    splitter: str | Unset = UNSET,
+    chunk_size: int | Unset = UNSET,
+    chunk_overlap: int | Unset = UNSET,
+) -> KnowledgeBase:
+    """Name and description change in place; chunking and the embedding model through a rebuild.
+    The team never changes."""
+    changes = given(
+        name=name, description=description, embedding_model=embedding_model, splitter=splitter,
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+    )  # fmt: skip
     rebuild_fields = {"embedding_model", "splitter", "chunk_size", "chunk_overlap"}
     wants_rebuild = {key for key, value in changes.items() if key in rebuild_fields and getattr(kb, key) != value}
     if wants_rebuild and kb.documents.exists():
@@ -613,6 +629,13 @@ def _document_event(document: Document, event: str, *, chunk_count: int, error: 
 def _is_permanent(exc: Exception) -> bool:
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return True
+    # A refused address stays refused until an admin changes the endpoint; the openai client
+    # wraps what the guarded transport raised, so look down the chain.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ProviderUnsafe):
+            return True
+        cause = cause.__cause__ or cause.__context__
     return isinstance(exc, ProviderRefused) and exc.status_code in (401, 403)
 
 

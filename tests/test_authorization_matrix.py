@@ -8,16 +8,18 @@ import io
 import json
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, Role, Scope
-from accounts.services import api_key_create, api_key_revoke
-from chat.models import Conversation, Message
+from accounts.models import ApiKey, Role, Scope, Team
+from accounts.services import api_key_create, api_key_revoke, membership_set
+from chat.models import Assistant, Conversation, Message
 from chat.services import assistant_create, conversation_create
 from integrations.models import Webhook
 from kb.models import Document, KnowledgeBase
@@ -47,26 +49,29 @@ class World:
     llm_id: int
     embedding_id: int
     provider_id: int
+    rerank_id: int
 
 
-def build_world() -> World:
-    team = TeamFactory.create()
+def build_world(label: str = "", team: Team | None = None) -> World:
+    """A team with one object of each kind; `label` starts every name (to spot a leaked name)."""
+    team = team or TeamFactory.create()
     member_of(team, Role.OWNER)
     member = member_of(team, Role.MEMBER)
     # Nothing listens on this port: an operation that wrongly gets through fails fast, not slowly.
     provider = provider_create(
-        team=team, name="dead", kind="openai_compatible", endpoint=f"http://127.0.0.1:{free_port()}"
+        team=team, name=f"{label}dead", kind="openai_compatible", endpoint=f"http://127.0.0.1:{free_port()}"
     )
-    llm = registration_create(provider=provider, kind="llm", name="LLM", provider_model_uid="llm")
+    llm = registration_create(provider=provider, kind="llm", name=f"{label}LLM", provider_model_uid="llm")
     embedding = registration_create(
-        provider=provider, kind="embedding", name="Emb", provider_model_uid="emb", dimensions=384
+        provider=provider, kind="embedding", name=f"{label}Emb", provider_model_uid="emb", dimensions=384
     )
-    kb = kb_create(team=team, name="KB", embedding_model=embedding)
+    rerank = registration_create(provider=provider, kind="rerank", name=f"{label}Rerank", provider_model_uid="rr")
+    kb = kb_create(team=team, name=f"{label}KB", embedding_model=embedding)
     document = Document.objects.create(
-        knowledge_base=kb, team=team, original_name="a.txt", file=ContentFile(b"hello", name="a.txt"),
+        knowledge_base=kb, team=team, original_name=f"{label}a.txt", file=ContentFile(b"hello", name="a.txt"),
         sha256="0" * 64, size_bytes=5, content_type="text/plain", status="ready",
     )  # fmt: skip
-    assistant = assistant_create(team=team, name="Helper", llm=llm)
+    assistant = assistant_create(team=team, name=f"{label}Helper", llm=llm)
     room = conversation_create(team=team, owner=member, assistant=assistant, is_room=True)
     message = Message.objects.create(conversation=room, role=Message.Role.USER, author=member, content="hi")
     key, _secret = api_key_create(user=member, team=team, name="member's")
@@ -92,6 +97,7 @@ def build_world() -> World:
         llm_id=llm.pk,
         embedding_id=embedding.pk,
         provider_id=provider.pk,
+        rerank_id=rerank.pk,
     )
 
 
@@ -181,8 +187,6 @@ def test_the_schema_lists_every_api_route() -> None:
 def test_anonymous_and_revoked_keys_get_401_everywhere() -> None:
     world = build_world()
     member = UserFactory.create()
-    from accounts.models import Team
-
     team = Team.objects.get(pk=world.team_id)
     member_of_team = member_of(team, Role.MEMBER)
     key, secret = api_key_create(user=member_of_team, team=team, name="gone", scopes=ALL_SCOPES)
@@ -202,8 +206,6 @@ def test_anonymous_and_revoked_keys_get_401_everywhere() -> None:
 
 def test_a_viewer_reads_but_cannot_change_anything() -> None:
     world = build_world()
-    from accounts.models import Team
-
     team = Team.objects.get(pk=world.team_id)
     viewer = member_of(team, Role.VIEWER)
     client = keyed(viewer, team)
@@ -241,3 +243,244 @@ def test_another_teams_owner_finds_nothing_of_this_team() -> None:
         if not ok or counts(world.team_id) != before:
             failures.append((method, path, response.status_code, response.content[:200]))
     assert failures == []
+
+
+# --- references: every field of every write that names an object or a team --------------------
+
+# Writable fields that name another object, with the kind of object they name. A write may only
+# point at objects of the team that owns what it writes, and of the right kind.
+REFERENCE_FIELDS = {
+    "team": "team",
+    "llm": "llm",
+    "embedding_model": "embedding",
+    "rerank_model": "rerank",
+    "provider": "provider",
+    "assistant": "assistant",
+    "knowledge_bases": "knowledge_base",
+    "document_ids": "document",
+}
+# Whole-number fields that are amounts, not references (a new id-like field must be classified).
+NOT_REFERENCES = {
+    "top_k", "chunk_size", "chunk_overlap", "recent_tokens", "summary_tokens", "max_answer_tokens", "value",
+    "dimensions", "context_length", "rate_limit_per_minute", "expires_days",
+}  # fmt: skip
+# A reference of the wrong kind within the caller's own team.
+WRONG_KIND = {"llm": "embedding", "embedding": "llm", "rerank": "llm"}
+SECRET = "FOREIGN-SECRET-"
+
+
+def request_properties(operation: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    content = (operation.get("requestBody") or {}).get("content") or {}
+    body = content.get("application/json") or {}
+    ref = (body.get("schema") or {}).get("$ref", "")
+    component = schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {}) if ref else body.get("schema", {})
+    return {name: spec for name, spec in (component.get("properties") or {}).items() if not spec.get("readOnly")}
+
+
+def is_integer_field(spec: dict[str, Any]) -> bool:
+    return spec.get("type") == "integer" or (spec.get("items") or {}).get("type") == "integer"
+
+
+def object_id(world: World, kind: str) -> int:
+    return {
+        "team": world.team_id, "llm": world.llm_id, "embedding": world.embedding_id, "rerank": world.rerank_id,
+        "provider": world.provider_id, "assistant": world.ids["assistants"],
+        "knowledge_base": world.ids["knowledge-bases"], "document": world.ids["documents"],
+    }[kind]  # fmt: skip
+
+
+def with_reference(body: Any, field: str, spec: dict[str, Any], value: int) -> dict[str, Any]:
+    return {**(body or {}), field: [value] if spec.get("type") == "array" else value}
+
+
+def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the team, less the timestamps the platform moves on its own."""
+    moving = {"updated_at", "last_used_at", "last_checked_at"}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for model in (Provider, ModelRegistration, KnowledgeBase, Document, Assistant, Conversation, Webhook, ApiKey):
+        rows[model.__name__] = [
+            {key: value for key, value in row.items() if key not in moving}
+            for row in model.objects.filter(team_id=team_id).order_by("pk").values()
+        ]
+    links = Assistant.knowledge_bases.through.objects.filter(assistant__team_id=team_id).order_by("pk")
+    rows["assistant_kbs"] = [dict(row) for row in links.values("assistant_id", "knowledgebase_id")]
+    rows["Team"] = [dict(row) for row in Team.objects.filter(pk=team_id).values("name", "slug")]
+    return rows
+
+
+def broken_references() -> list[str]:
+    """Rows anywhere that point at another team's object or at one of the wrong kind."""
+    broken = []
+    for assistant in Assistant.objects.select_related("llm", "rerank_model").prefetch_related("knowledge_bases"):
+        if assistant.llm.team_id != assistant.team_id or assistant.llm.kind != "llm":
+            broken.append(f"assistant {assistant.pk} -> llm {assistant.llm_id}")
+        rerank = assistant.rerank_model
+        if rerank is not None and (rerank.team_id != assistant.team_id or rerank.kind != "rerank"):
+            broken.append(f"assistant {assistant.pk} -> rerank {rerank.pk}")
+        for kb in assistant.knowledge_bases.all():
+            if kb.team_id != assistant.team_id or Conversation.objects.filter(file_knowledge_base=kb).exists():
+                broken.append(f"assistant {assistant.pk} -> knowledge base {kb.pk}")
+    for conversation in Conversation.objects.select_related("assistant"):
+        if conversation.assistant.team_id != conversation.team_id:
+            broken.append(f"conversation {conversation.pk} -> assistant {conversation.assistant_id}")
+    for kb in KnowledgeBase.objects.select_related("embedding_model"):
+        if kb.embedding_model.team_id != kb.team_id or kb.embedding_model.kind != "embedding":
+            broken.append(f"knowledge base {kb.pk} -> model {kb.embedding_model_id}")
+    for registration in ModelRegistration.objects.select_related("provider"):
+        if registration.provider.team_id != registration.team_id:
+            broken.append(f"model {registration.pk} -> provider {registration.provider_id}")
+    return broken
+
+
+def test_every_reference_in_every_write_stays_in_the_owning_team() -> None:
+    """For every POST/PUT/PATCH in the schema and every writable field that names an object or a
+    team: another team's id (a team the caller is not in), the id of one of the caller's other
+    teams, and an object of the wrong kind. None may bind across teams, change the other team,
+    answer 5xx, or name the other team's objects; another team's ids answer 4xx."""
+    caller = UserFactory.create()
+    home_team, sibling_team = TeamFactory.create(), TeamFactory.create()
+    membership_set(team=home_team, user=caller, role=Role.OWNER)
+    membership_set(team=sibling_team, user=caller, role=Role.OWNER)
+    home = build_world(team=home_team)
+    sibling = build_world("sibling-", team=sibling_team)
+    foreign = build_world(SECRET)
+    session = APIClient(raise_request_exception=False)  # a 500 is a finding, not a crash of the test
+    session.force_authenticate(caller)
+    key_client = keyed(caller, home_team)
+    key_client.raise_request_exception = False
+    clients = {"session": session, "key": key_client}
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    foreign_before = snapshot(foreign.team_id)
+    failures: list[tuple[Any, ...]] = []
+    unclassified: list[str] = []
+    known_broken: set[str] = set()
+    tried = 0
+    for path, item in schema["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in item.items():
+            if method not in ("post", "put", "patch"):
+                continue
+            properties = request_properties(operation, schema)
+            for field, spec in properties.items():
+                kind = REFERENCE_FIELDS.get(field)
+                if kind is None:
+                    if is_integer_field(spec) and field not in NOT_REFERENCES:
+                        unclassified.append(f"{method} {path} {field}")
+                    continue
+                base, fmt = body_for(
+                    method,
+                    path,
+                    home,
+                )
+                attempts = [("foreign", object_id(foreign, kind)), ("sibling", object_id(sibling, kind))]
+                if kind in WRONG_KIND:
+                    attempts.append(("wrong kind", object_id(home, WRONG_KIND[kind])))
+                for who, client in clients.items():
+                    for case, value in attempts:
+                        tried += 1
+                        url = concrete_path(path, home)
+                        response = getattr(client, method)(url, with_reference(base, field, spec, value), format=fmt)
+                        text = response.content.decode(errors="replace")
+                        # Only what this request broke: one bad row is reported once, where it was made.
+                        problems = [row for row in broken_references() if row not in known_broken]
+                        known_broken.update(problems)
+                        if response.status_code >= 500:
+                            problems.append(f"status {response.status_code}")
+                        if SECRET in text:
+                            problems.append("names the other team's objects")
+                        if case == "foreign" and field != "document_ids" and not 400 <= response.status_code < 500:
+                            problems.append(f"another team's id answered {response.status_code}")
+                        if case == "wrong kind" and response.status_code < 400:
+                            problems.append(f"a {WRONG_KIND[kind]} accepted as {kind}: {response.status_code}")
+                        if snapshot(foreign.team_id) != foreign_before:
+                            problems.append("the other team changed")
+                        if problems:
+                            failures.append((who, case, method, path, field, problems, text[:200]))
+                            foreign_before = snapshot(foreign.team_id)
+    assert unclassified == [], "classify these fields in REFERENCE_FIELDS or NOT_REFERENCES"
+    assert tried > 50
+    assert failures == []
+
+
+def test_a_conversations_files_are_seen_only_by_those_who_see_the_conversation() -> None:
+    """The knowledge base of files dropped into a private conversation: its owner finds it through
+    the REST API, another member of the team finds nothing (list, detail, documents, search,
+    document detail), nor can an admin attach it to an assistant."""
+    world = build_world()
+    team = Team.objects.get(pk=world.team_id)
+    owner, other = member_of(team, Role.MEMBER), member_of(team, Role.ADMIN)
+    assistant = Assistant.objects.get(pk=world.ids["assistants"])
+    conversation = conversation_create(team=team, owner=owner, assistant=assistant)
+    files_kb = kb_create(team=team, name="Files of a private chat", embedding_model=ModelRegistration.objects.get(
+        pk=world.embedding_id))  # fmt: skip
+    Conversation.objects.filter(pk=conversation.pk).update(file_knowledge_base=files_kb)
+    document = Document.objects.create(
+        knowledge_base=files_kb, team=team, original_name="salary.txt", file=ContentFile(b"x", name="s.txt"),
+        sha256="1" * 64, size_bytes=1, content_type="text/plain", status="ready",
+    )  # fmt: skip
+    owner_client, other_client = keyed(owner, team), keyed(other, team)
+
+    listed = owner_client.get("/api/v1/knowledge-bases/").json()["results"]
+    assert files_kb.pk in [row["id"] for row in listed]
+    assert owner_client.get(f"/api/v1/documents/{document.pk}/").status_code == 200
+
+    listed = other_client.get("/api/v1/knowledge-bases/").json()["results"]
+    assert files_kb.pk not in [row["id"] for row in listed]
+    for url in (f"/api/v1/knowledge-bases/{files_kb.pk}/", f"/api/v1/knowledge-bases/{files_kb.pk}/documents/",
+                f"/api/v1/documents/{document.pk}/"):  # fmt: skip
+        assert other_client.get(url).status_code == 404, url
+    search = other_client.post(f"/api/v1/knowledge-bases/{files_kb.pk}/search/", {"query": "salary"}, format="json")
+    assert search.status_code == 404
+    assert document.pk not in [row["id"] for row in other_client.get("/api/v1/documents/").json()["results"]]
+    upload = io.BytesIO(b"planted")
+    upload.name = "planted.txt"
+    response = other_client.post(f"/api/v1/knowledge-bases/{files_kb.pk}/documents/", {"file": [upload]})
+    assert response.status_code == 404
+    response = other_client.patch(f"/api/v1/assistants/{assistant.pk}/", {"knowledge_bases": [files_kb.pk]},
+                                  format="json")  # fmt: skip
+    assert response.status_code == 400
+    assert not assistant.knowledge_bases.filter(pk=files_kb.pk).exists()
+    assert files_kb.documents.count() == 1
+
+
+def test_a_key_without_scopes_reaches_no_endpoint() -> None:
+    """Every operation declares the scope a key needs: a key holding none gets 403 everywhere."""
+    world = build_world()
+    team = Team.objects.get(pk=world.team_id)
+    owner = member_of(team, Role.OWNER)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(user=owner, team=team, name='none', scopes=[])[1]}")
+    failures = []
+    for method, path in operations():
+        before = counts(world.team_id)
+        response = call(client, method, path, world)
+        if response.status_code != 403 or counts(world.team_id) != before:
+            failures.append((method, path, response.status_code))
+    assert failures == []
+
+
+def test_a_key_never_mints_a_key_that_outlives_it_or_holds_more() -> None:
+    world = build_world()
+    team = Team.objects.get(pk=world.team_id)
+    owner = member_of(team, Role.OWNER)
+    expiry = timezone.now() + timedelta(days=2)
+    parent, secret = api_key_create(user=owner, team=team, name="short", scopes=[Scope.ADMIN], expires_at=expiry)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+
+    response = client.post("/api/v1/api-keys/", {"name": "child"}, format="json")
+    assert response.status_code == 201
+    assert ApiKey.objects.get(pk=response.json()["id"]).expires_at == expiry
+    later = (expiry + timedelta(days=30)).isoformat()
+    response = client.post("/api/v1/api-keys/", {"name": "longer", "expires_at": later}, format="json")
+    assert response.status_code == 400
+    assert "cannot outlive" in response.json()["error"]["message"]
+
+    narrow, narrow_secret = api_key_create(user=owner, team=team, name="narrow", scopes=[Scope.READ])
+    assert "admin" not in narrow.scopes
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {narrow_secret}")
+    response = client.post("/api/v1/api-keys/", {"name": "wider", "scopes": ["read", "chat"]}, format="json")
+    assert response.status_code == 403
+    assert ApiKey.objects.filter(team=team, name__in=["longer", "wider"]).count() == 0
+    assert parent.pk

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db.models import Sum
 from django.test import AsyncClient
 from langchain_core.messages import SystemMessage
 
@@ -309,3 +310,20 @@ def test_other_teams_reach_nothing(chat_setup, other_team, outsider) -> None:
     # A teammate who is not the owner does not see a personal conversation either.
     teammate = bearer_client(member_of(chat_setup["team"], Role.MEMBER), chat_setup["team"])
     assert teammate.get(f"/api/v1/conversations/{conversation.pk}/").status_code == 404
+
+
+def test_every_model_call_is_metered_to_the_team(chat_setup) -> None:
+    """Answers, the follow-up's query rewrite and the title are all model calls on the team's
+    LLM: each is a request in the team's usage (before, only answers were)."""
+    conversation = new_conversation(chat_setup, chat_setup["kb_assistant"])
+    url = f"/api/v1/conversations/{conversation.pk}/messages/"
+    for question in ["Where is the vault key kept?", "And who may open it?"]:
+        response = chat_setup["client"].post(url, {"content": question}, format="json")
+        assert response.status_code == 201, response.json()
+    wait_until(lambda: Conversation.objects.get(pk=conversation.pk).title != "")
+    assert Message.objects.filter(conversation=conversation, role="assistant").count() == 2
+    assert Message.objects.filter(conversation=conversation, role="assistant").exclude(retrieval_query="").count() == 2
+    # The title's usage is recorded before the title is written.
+    usage = Usage.objects.filter(team=chat_setup["team"]).aggregate(n=Sum("requests"), tokens=Sum("tokens_in"))
+    assert usage["n"] >= 4  # two answers, one rewrite, one title
+    assert usage["tokens"] > 0

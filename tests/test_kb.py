@@ -398,7 +398,7 @@ def test_a_knowledge_base_only_takes_its_teams_embedding_models(team, other_team
     from kb.services import KnowledgeBaseError
 
     foreign = embedding_model(other_team, "http://127.0.0.1:1", launch=False)
-    with pytest.raises(KnowledgeBaseError, match="not an embedding model of the team"):
+    with pytest.raises(KnowledgeBaseError, match=r"no embedding model with id \d+ in this team"):
         kb_create(team=team, name="x", embedding_model=foreign)
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'kb_chunk_embedding_384_hnsw'")

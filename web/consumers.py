@@ -33,9 +33,10 @@ from django.utils import translation
 
 from accounts.models import ROLE_RANK, Membership, Role, User
 from accounts.selectors import has_team_role
-from chat.api import MAX_MESSAGE_CHARS, visible_conversations
+from chat.api import MAX_MESSAGE_CHARS
 from chat.models import Conversation, Message
 from chat.rooms import room_group, room_user_group
+from chat.selectors import conversations_visible
 from chat.services import PreparedTurn, room_message_post, turn_prepare
 from chat.streaming import answer_event_items
 from chatplatform.domain_errors import DomainError
@@ -62,7 +63,7 @@ def mentions_assistant(content: str, assistant_name: str) -> bool:
 
 def _room_for(user: User, conversation_id: int) -> Conversation | None:
     return (
-        visible_conversations(Conversation.objects.select_related("assistant"), user, None)
+        conversations_visible(user=user, queryset=Conversation.objects.select_related("assistant"))
         .filter(pk=conversation_id, is_room=True)
         .first()
     )

@@ -16,11 +16,12 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role, User
-from accounts.selectors import has_team_role, team_scoped
-from chat.api import visible_conversations
+from accounts.selectors import has_team_role
 from chat.models import Assistant, Conversation, Message
+from chat.selectors import conversations_visible
 from chat.services import ChatError, assistant_default_for, conversation_create
-from kb.models import Chunk, Document
+from kb.models import Chunk
+from kb.selectors import chunks_visible, documents_visible
 from web.markdown import render_markdown
 from web.teams import current_membership, team_switch
 
@@ -34,7 +35,7 @@ def _user(request: HttpRequest) -> User:
 
 
 def _conversations(request: HttpRequest) -> QuerySet[Conversation]:
-    return visible_conversations(Conversation.objects.all(), _user(request), None)
+    return conversations_visible(user=_user(request))
 
 
 def _sidebar(request: HttpRequest, team_id: int) -> dict[str, Any]:
@@ -132,21 +133,10 @@ def summary_fragment(request: HttpRequest, pk: int) -> HttpResponse:
 def _visible_chunk(request: HttpRequest, chunk_id: int) -> Chunk:
     """A chunk of the user's teams; one from a conversation's dropped files only for those who
     see that conversation."""
-    chunk = (
-        team_scoped(Chunk.objects.all(), user=_user(request), team_field="knowledge_base__team")
-        .select_related("document", "knowledge_base")
-        .filter(pk=chunk_id)
-        .first()
-    )
-    if chunk is None or _hidden_files_kb(request, chunk.knowledge_base_id):
+    chunk = chunks_visible(user=_user(request)).select_related("document", "knowledge_base").filter(pk=chunk_id).first()
+    if chunk is None:
         raise Http404(_("No such source."))
     return chunk
-
-
-def _hidden_files_kb(request: HttpRequest, knowledge_base_id: int) -> bool:
-    """Whether the knowledge base holds the dropped files of a conversation the user does not see."""
-    owners = Conversation.objects.filter(file_knowledge_base_id=knowledge_base_id)
-    return owners.exists() and not _conversations(request).filter(file_knowledge_base_id=knowledge_base_id).exists()
 
 
 @login_required
@@ -168,8 +158,8 @@ def chunk_page(request: HttpRequest, chunk_id: int) -> HttpResponse:
 def document_file(request: HttpRequest, document_id: int) -> FileResponse:
     """The original file, always as a download: an uploaded HTML file must not run as a page of
     the platform."""
-    document = team_scoped(Document.objects.all(), user=_user(request)).filter(pk=document_id).first()
-    if document is None or not document.file or _hidden_files_kb(request, document.knowledge_base_id):
+    document = documents_visible(user=_user(request)).filter(pk=document_id).first()
+    if document is None or not document.file:
         raise Http404(_("No such document."))
     response = FileResponse(
         document.file.open("rb"),

@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role, Team, User
-from accounts.selectors import has_team_role, team_scoped, teams_for
+from accounts.selectors import has_team_role, teams_for
 from kb.models import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
@@ -25,8 +25,10 @@ from kb.models import (
     Document,
     DocumentStatus,
     KnowledgeBase,
+    RetrievalMode,
     Splitter,
 )
+from kb.selectors import knowledge_bases_visible
 from kb.services import KnowledgeBaseError, kb_create
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
@@ -50,12 +52,7 @@ SPLITTER_LABELS = {
     Splitter.TOKENS: gettext_lazy("Token count (the embedding model's tokenizer)"),
     Splitter.HEADINGS: gettext_lazy("Heading-aware (Markdown and HTML), then recursive"),
 }
-SEARCH_MODES = [
-    ("hybrid", gettext_lazy("Hybrid")),
-    ("vector", gettext_lazy("Vector")),
-    ("fulltext", gettext_lazy("Full text")),
-    ("all", gettext_lazy("All three, side by side")),
-]
+SEARCH_MODES = [*RetrievalMode.choices, ("all", gettext_lazy("All three, side by side"))]
 
 
 class EmbeddingModelField(forms.ModelChoiceField):
@@ -100,7 +97,7 @@ def _user(request: HttpRequest) -> User:
 def _knowledge_bases(request: HttpRequest) -> QuerySet[KnowledgeBase]:
     """The user's teams' knowledge bases, less those holding files dropped into a conversation:
     they belong to the conversation (and may be private to its owner)."""
-    return team_scoped(KnowledgeBase.objects.filter(file_conversation__isnull=True), user=_user(request))
+    return knowledge_bases_visible(user=_user(request)).filter(file_conversation__isnull=True)
 
 
 def _list_context(request: HttpRequest, team: Team, form: KnowledgeBaseForm | None) -> dict[str, Any]:
