@@ -70,9 +70,13 @@ class TeamScopedViewSet(viewsets.GenericViewSet):
 
 
 class TeamScopedModelViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.UpdateModelMixin,
-    mixins.DestroyModelMixin, TeamScopedViewSet,
-):  # fmt: skip
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    TeamScopedViewSet,
+):
     """Create, read, update and delete over team-owned rows."""
 
 
@@ -147,9 +151,11 @@ class TeamViewSet(TeamScopedModelViewSet):
     @extend_schema(methods=["patch"], request=MemberRoleSerializer, responses=MemberSerializer)
     @extend_schema(methods=["delete"], request=None, responses={204: None})
     @action(
-        detail=True, methods=["patch", "delete"], url_path=r"members/(?P<user_id>\d+)",
+        detail=True,
+        methods=["patch", "delete"],
+        url_path=r"members/(?P<user_id>\d+)",
         serializer_class=MemberSerializer,
-    )  # fmt: skip
+    )
     def member(self, request: Request, pk: str | None = None, user_id: str = "") -> Response:
         team = self.get_object()
         membership = get_object_or_404(Membership.objects.select_related("user"), team=team, user_id=user_id)
@@ -177,9 +183,18 @@ class ApiKeySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = ApiKey
         fields = [
-            "id", "team", "user", "name", "prefix", "scopes", "expires_at", "rate_limit_per_minute", "last_used_at",
-            "revoked_at", "created_at",
-        ]  # fmt: skip
+            "id",
+            "team",
+            "user",
+            "name",
+            "prefix",
+            "scopes",
+            "expires_at",
+            "rate_limit_per_minute",
+            "last_used_at",
+            "revoked_at",
+            "created_at",
+        ]
         read_only_fields = ["user", "prefix", "last_used_at", "revoked_at", "created_at"]
 
     def validate_rate_limit_per_minute(self, value: int | None) -> int | None:
@@ -199,9 +214,12 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 
 class ApiKeyViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
     TeamScopedViewSet,
-):  # fmt: skip
+):
     """API keys: everyone sees and revokes their own; team admins see and revoke all of the
     team's. The secret is shown once, in the create response; DELETE revokes (the row stays, for
     the audit trail). With an API key, managing keys needs the `admin` scope, and a key never
@@ -226,9 +244,14 @@ class ApiKeyViewSet(
         user = self.request.user
         assert isinstance(user, User)
         key, secret = api_key_create(
-            user=user, team=team, name=data["name"], scopes=data.get("scopes"), expires_at=data.get("expires_at"),
-            rate_limit_per_minute=data.get("rate_limit_per_minute"), issued_by=self.api_key,
-        )  # fmt: skip
+            user=user,
+            team=team,
+            name=data["name"],
+            scopes=data.get("scopes"),
+            expires_at=data.get("expires_at"),
+            rate_limit_per_minute=data.get("rate_limit_per_minute"),
+            issued_by=self.api_key,
+        )
         body = {**ApiKeySerializer(key).data, "key": secret}
         return Response(body, status=status.HTTP_201_CREATED)
 

@@ -57,8 +57,14 @@ def main() -> None:
         worker = start_ingest_worker()
         for chunking in CHUNKINGS.split(","):
             splitter, size, overlap = chunking.split(":")
-            kb = kb_create(team=team, name=f"{run_name}-{chunking}", embedding_model=model, splitter=splitter,
-                           chunk_size=int(size), chunk_overlap=int(overlap))  # fmt: skip
+            kb = kb_create(
+                team=team,
+                name=f"{run_name}-{chunking}",
+                embedding_model=model,
+                splitter=splitter,
+                chunk_size=int(size),
+                chunk_overlap=int(overlap),
+            )
             log(f"{chunking}: ingesting {len(files)} documents")
             seconds = ingest_and_wait(kb, files)
             documents = list(Document.objects.filter(knowledge_base=kb))
@@ -66,9 +72,15 @@ def main() -> None:
             answers = [names.get(path.name, "not ingested") for _, path in questions]
             quality = {}
             for mode in ("vector", "fulltext", "hybrid"):
-                ranked = [[str(hit.document_id) for hit in kb_search(
-                    knowledge_bases=[kb], request=SearchRequest(query=question, top_k=10, mode=mode))]
-                    for question, _ in questions]  # fmt: skip
+                ranked = [
+                    [
+                        str(hit.document_id)
+                        for hit in kb_search(
+                            knowledge_bases=[kb], request=SearchRequest(query=question, top_k=10, mode=mode)
+                        )
+                    ]
+                    for question, _ in questions
+                ]
                 ranks = document_ranks(ranked, answers)
                 quality[mode] = (recall_at(ranks, 5), mrr_at(ranks, 10))
             chunks = Chunk.objects.filter(knowledge_base=kb).count()

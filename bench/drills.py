@@ -206,11 +206,53 @@ class DrillResult:
 # --- setting a drill up ---------------------------------------------------------------------------
 
 WORDS = [
-    "harbour", "lantern", "keeper", "tide", "ledger", "cargo", "anchor", "gull", "fog", "beacon", "rope", "pier",
-    "ferry", "storm", "chart", "island", "signal", "crane", "netting", "salt", "barrel", "dock", "compass",
-    "morning", "evening", "north", "south", "quiet", "heavy", "bright", "old", "new", "long", "short", "cold",
-    "warm", "records", "counts", "repairs", "watches", "carries", "notes", "lists", "checks", "opens", "closes",
-]  # fmt: skip
+    "harbour",
+    "lantern",
+    "keeper",
+    "tide",
+    "ledger",
+    "cargo",
+    "anchor",
+    "gull",
+    "fog",
+    "beacon",
+    "rope",
+    "pier",
+    "ferry",
+    "storm",
+    "chart",
+    "island",
+    "signal",
+    "crane",
+    "netting",
+    "salt",
+    "barrel",
+    "dock",
+    "compass",
+    "morning",
+    "evening",
+    "north",
+    "south",
+    "quiet",
+    "heavy",
+    "bright",
+    "old",
+    "new",
+    "long",
+    "short",
+    "cold",
+    "warm",
+    "records",
+    "counts",
+    "repairs",
+    "watches",
+    "carries",
+    "notes",
+    "lists",
+    "checks",
+    "opens",
+    "closes",
+]
 
 
 def corpus(tag: str, count: int) -> dict[str, bytes]:
@@ -222,10 +264,11 @@ def corpus(tag: str, count: int) -> dict[str, bytes]:
     for number in range(count):
         paragraphs = 40 if number % 10 == 5 else rng.randint(2, 6)
         body = "\n\n".join(
-            f"{tag} document {number}, paragraph {paragraph}: " + " ".join(rng.choices(WORDS, k=rng.randint(40, 80)))
+            f"{tag} document {number}, paragraph {paragraph}: "
+            + " ".join(rng.choices(WORDS, k=rng.randint(40, 80)))
             + "."
             for paragraph in range(paragraphs)
-        )  # fmt: skip
+        )
         if number % 4 == 3:
             files[f"{tag}-{number:03d}.md"] = f"# {tag} document {number}\n\n{body}\n".encode()
         else:
@@ -250,8 +293,9 @@ def scene_create(*, team: Team, user: User, llm: ModelRegistration, embedding: M
 
     kb = kb_create(team=team, name=f"drill {name}", embedding_model=embedding)
     # Short answers from few sources: each chat call costs seconds of the same two cores that ingest.
-    assistant = assistant_create(team=team, name=f"drill {name}", llm=llm, knowledge_bases=[kb], top_k=2,
-                                 max_answer_tokens=16)  # fmt: skip
+    assistant = assistant_create(
+        team=team, name=f"drill {name}", llm=llm, knowledge_bases=[kb], top_k=2, max_answer_tokens=16
+    )
     conversation = conversation_create(team=team, owner=user, assistant=assistant)
     _key, secret = api_key_create(user=user, team=team, name=f"drill {name}")
     return Scene(kb=kb, conversation_id=conversation.pk, api_key=secret)
@@ -313,8 +357,9 @@ def ask(stack: Stack, scene: Scene) -> tuple[ChatReply, Acknowledged | None]:
     answer_id = int(reply.body["id"])
     question = (
         Message.objects.filter(conversation_id=scene.conversation_id, role="user", pk__lt=answer_id)
-        .order_by("-pk").first()
-    )  # fmt: skip
+        .order_by("-pk")
+        .first()
+    )
     if question is None:
         raise DrillError(f"chat answered 201 (message {answer_id}) but no question was saved before it")
     return reply, Acknowledged(question_id=question.pk, answer_id=answer_id, answer=str(reply.body["content"]))
@@ -327,9 +372,10 @@ def _in_flight_names(document_ids: list[int]) -> list[str]:
     from kb.models import Document
 
     return list(
-        Document.objects.filter(pk__in=document_ids, status__in=["parsing", "embedding"])
-        .values_list("original_name", flat=True)
-    )  # fmt: skip
+        Document.objects.filter(pk__in=document_ids, status__in=["parsing", "embedding"]).values_list(
+            "original_name", flat=True
+        )
+    )
 
 
 def _chat_while_down(stack: Stack, scene: Scene, stopped: float, down_s: float) -> Fault:
@@ -357,10 +403,15 @@ def worker_kill(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
     killed = time.monotonic()
     stack.start_worker()
     back = time.monotonic()
-    return Fault(restarted_at=back, down_s=back - killed, notes=[
-        f"SIGKILL while {len(held)} documents were being parsed or embedded ({', '.join(held) or 'none'}); the "
-        f"worker answered a ping {back - killed:.1f}s later. A document a dead worker held goes back in line when "
-        f"its lease ({stack.lease_s:.0f}s) expires, at the next dispatch (beat: every 10 s)."])  # fmt: skip
+    return Fault(
+        restarted_at=back,
+        down_s=back - killed,
+        notes=[
+            f"SIGKILL while {len(held)} documents were being parsed or embedded ({', '.join(held) or 'none'}); the "
+            f"worker answered a ping {back - killed:.1f}s later. A document a dead worker held goes back in line when "
+            f"its lease ({stack.lease_s:.0f}s) expires, at the next dispatch (beat: every 10 s)."
+        ],
+    )
 
 
 def redis_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s: float) -> Fault:
@@ -385,8 +436,10 @@ def xinference_stop(stack: Stack, scene: Scene, document_ids: list[int], outage_
     stack.xinference.start()
     fault.restarted_at = time.monotonic()
     fault.down_s = fault.restarted_at - stopped
-    fault.notes.append(f"Xinference stopped for {fault.down_s:.1f}s (answering again, with no models running, "
-                       f"{fault.down_s - outage_s:.1f}s after it was started)")  # fmt: skip
+    fault.notes.append(
+        f"Xinference stopped for {fault.down_s:.1f}s (answering again, with no models running, "
+        f"{fault.down_s - outage_s:.1f}s after it was started)"
+    )
     return fault
 
 
@@ -436,8 +489,11 @@ def run_drill(
 
     document_ids = upload(scene.kb, corpus(name, documents))
     wanted = max(1, documents // 10)
-    wait_for(stack, lambda: (p := progress(document_ids)) is not None and p.ready >= wanted and p.in_flight >= 1,
-             f"{wanted} documents ready and one in a worker's hands")  # fmt: skip
+    wait_for(
+        stack,
+        lambda: (p := progress(document_ids)) is not None and p.ready >= wanted and p.in_flight >= 1,
+        f"{wanted} documents ready and one in a worker's hands",
+    )
     happened = fault(stack, scene, document_ids)
     result.notes += happened.notes
     result.replies_while_down = happened.replies_while_down
@@ -474,9 +530,13 @@ class _ChatAttempt(threading.Thread):
 
 
 def _recover(
-    stack: Stack, scene: Scene, document_ids: list[int], restarted_at: float, timeout_s: float,
+    stack: Stack,
+    scene: Scene,
+    document_ids: list[int],
+    restarted_at: float,
+    timeout_s: float,
     acknowledged: list[Acknowledged],
-) -> Recovery:  # fmt: skip
+) -> Recovery:
     """Watch, once a second, until every document settled and chat answered again (or time ran out)."""
     recovery = Recovery()
     baseline: int | None = None  # documents settled at the first look after the restart
@@ -557,17 +617,25 @@ def chunk_problems(kb: KnowledgeBase) -> list[str]:
     kb.refresh_from_db()
     problems = []
     for document in Document.objects.filter(knowledge_base=kb):
-        ordinals = sorted(Chunk.objects.filter(document=document, generation=kb.generation)
-                          .values_list("ordinal", flat=True))  # fmt: skip
+        ordinals = sorted(
+            Chunk.objects.filter(document=document, generation=kb.generation).values_list("ordinal", flat=True)
+        )
         expected = list(range(document.chunk_count)) if document.status == "ready" else []
         if ordinals != expected:
-            problems.append(f"{document.original_name} ({document.status}, chunk_count {document.chunk_count}) has "
-                            f"{len(ordinals)} chunks, ordinals {ordinals[:10]}")  # fmt: skip
+            problems.append(
+                f"{document.original_name} ({document.status}, chunk_count {document.chunk_count}) has "
+                f"{len(ordinals)} chunks, ordinals {ordinals[:10]}"
+            )
     stray = Chunk.objects.filter(knowledge_base=kb).exclude(generation=kb.generation).count()
     if stray:
         problems.append(f"{stray} chunks of another generation than the knowledge base's {kb.generation}")
-    repeated = (Chunk.objects.filter(knowledge_base=kb).values("text").annotate(copies=Count("id"))
-                .filter(copies__gt=1).order_by())  # fmt: skip
+    repeated = (
+        Chunk.objects.filter(knowledge_base=kb)
+        .values("text")
+        .annotate(copies=Count("id"))
+        .filter(copies__gt=1)
+        .order_by()
+    )
     problems += [f"a chunk stored {row['copies']} times: {row['text'][:60]!r}" for row in repeated[:10]]
     return problems
 
@@ -583,16 +651,24 @@ def _settle_timeout(documents: int, lease_s: float, extra_s: float = 0.0) -> flo
 def drill_worker_kill(stack: Stack, scene: Scene, *, documents: int) -> DrillResult:
     label = "SIGKILL the ingest worker mid-document, start it"
     timeout_s = _settle_timeout(documents, stack.lease_s)
-    return run_drill(stack, scene, name="worker", fault_label=label, documents=documents, fault=worker_kill,
-                     settle_timeout_s=timeout_s)  # fmt: skip
+    return run_drill(
+        stack,
+        scene,
+        name="worker",
+        fault_label=label,
+        documents=documents,
+        fault=worker_kill,
+        settle_timeout_s=timeout_s,
+    )
 
 
 def drill_redis_restart(stack: Stack, scene: Scene, *, documents: int, down_s: float) -> DrillResult:
     fault = functools.partial(redis_restart, down_s=down_s)
     label = f"stop Redis (SIGTERM) for {down_s:.0f} s, start it"
     timeout_s = _settle_timeout(documents, stack.lease_s)
-    return run_drill(stack, scene, name="redis", fault_label=label, documents=documents, fault=fault,
-                     settle_timeout_s=timeout_s)  # fmt: skip
+    return run_drill(
+        stack, scene, name="redis", fault_label=label, documents=documents, fault=fault, settle_timeout_s=timeout_s
+    )
 
 
 def drill_xinference_outage(stack: Stack, scene: Scene, *, documents: int, outage_s: float) -> DrillResult:
@@ -600,16 +676,25 @@ def drill_xinference_outage(stack: Stack, scene: Scene, *, documents: int, outag
     label = f"stop Xinference for {outage_s:.0f} s, start it with no models"
     # Transient embedding failures are retried after 10, 20, 40, 80, 160 s: the timeout covers them.
     timeout_s = _settle_timeout(documents, stack.lease_s, extra_s=320.0)
-    return run_drill(stack, scene, name="xinference", fault_label=label, documents=documents, fault=fault,
-                     settle_timeout_s=timeout_s, model_down=True)  # fmt: skip
+    return run_drill(
+        stack,
+        scene,
+        name="xinference",
+        fault_label=label,
+        documents=documents,
+        fault=fault,
+        settle_timeout_s=timeout_s,
+        model_down=True,
+    )
 
 
 def drill_postgres_restart(stack: Stack, scene: Scene, *, documents: int, down_s: float) -> DrillResult:
     fault = functools.partial(postgres_restart, down_s=down_s)
     label = f"stop PostgreSQL (fast shutdown) for {down_s:.0f} s, start it"
     timeout_s = _settle_timeout(documents, stack.lease_s)
-    return run_drill(stack, scene, name="postgres", fault_label=label, documents=documents, fault=fault,
-                     settle_timeout_s=timeout_s)  # fmt: skip
+    return run_drill(
+        stack, scene, name="postgres", fault_label=label, documents=documents, fault=fault, settle_timeout_s=timeout_s
+    )
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -653,17 +738,25 @@ def render(results: list[DrillResult], heading: str) -> str:
             f"{_seconds(recovery.chat_s)}{_request(recovery.chat_request_s)} | {_seconds(recovery.settled_s)} | "
             f"{verdict} |"
         )
-    lines += ["", "Times are counted from the moment the failed part was back (worker answering a ping, server "
-              "started), watched once a second; chat is asked again 5 s after each failed answer, and a request "
-              "answered while ingestion runs shares the two cores with it. Document counts include the drill's seed "
-              "document.", ""]  # fmt: skip
+    lines += [
+        "",
+        "Times are counted from the moment the failed part was back (worker answering a ping, server "
+        "started), watched once a second; chat is asked again 5 s after each failed answer, and a request "
+        "answered while ingestion runs shares the two cores with it. Document counts include the drill's seed "
+        "document.",
+        "",
+    ]
     for result in results:
         lines.append(f"**{result.name}** ({result.total_s:.0f} s in all).")
         lines += [f"- {note}" for note in result.notes]
-        lines += [f"- chat while down: {reply.describe()[:200]} ({reply.seconds:.1f} s)"
-                  for reply in result.replies_while_down[:3]]  # fmt: skip
-        lines += [f"- chat after the restart, before it answered: {reply.describe()[:200]}"
-                  for reply in result.recovery.replies[:3]]  # fmt: skip
+        lines += [
+            f"- chat while down: {reply.describe()[:200]} ({reply.seconds:.1f} s)"
+            for reply in result.replies_while_down[:3]
+        ]
+        lines += [
+            f"- chat after the restart, before it answered: {reply.describe()[:200]}"
+            for reply in result.recovery.replies[:3]
+        ]
         lines += [f"- failed: {name}: {error[:200]}" for name, error in list(result.failed.items())[:5]]
         lines += [f"- PROBLEM: {problem}" for problem in result.problems()]
         lines.append("")
@@ -686,8 +779,9 @@ class Child:
         log_dir = DRILLS_DIR / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(log_dir / f"{self.name}.log", "ab") as log_file:
-            self.process = subprocess.Popen(self.argv, env=self.env, cwd=BASE_DIR, stdout=log_file,
-                                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=BASE_DIR, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def kill(self) -> None:
         if self.process is None:
@@ -720,13 +814,17 @@ def http_chat(base_url: str) -> Callable[[Scene, str], ChatReply]:
     def chat(scene: Scene, content: str) -> ChatReply:
         started = time.monotonic()
         try:
-            response = httpx.post(f"{base_url}/api/v1/conversations/{scene.conversation_id}/messages/",
-                                  json={"content": content}, headers={"Authorization": f"Bearer {scene.api_key}"},
-                                  timeout=300)  # fmt: skip
+            response = httpx.post(
+                f"{base_url}/api/v1/conversations/{scene.conversation_id}/messages/",
+                json={"content": content},
+                headers={"Authorization": f"Bearer {scene.api_key}"},
+                timeout=300,
+            )
         except httpx.HTTPError as exc:
             return ChatReply(0, {"raw": f"no answer: {exc!r}"}, time.monotonic() - started)
-        return ChatReply.of(response.status_code, response.headers.get("content-type", ""), response.text,
-                            time.monotonic() - started)  # fmt: skip
+        return ChatReply.of(
+            response.status_code, response.headers.get("content-type", ""), response.text, time.monotonic() - started
+        )
 
     return chat
 
@@ -807,8 +905,14 @@ def main() -> int:
             ingest.start()
             wait_for_worker("ingest@")
 
-        stack = Stack(var_dir=var_dir, xinference=server, kill_worker=ingest.kill, start_worker=start_ingest,
-                      chat=http_chat(base_url), lease_s=float(settings.KB_INGEST_LEASE_S))  # fmt: skip
+        stack = Stack(
+            var_dir=var_dir,
+            xinference=server,
+            kill_worker=ingest.kill,
+            start_worker=start_ingest,
+            chat=http_chat(base_url),
+            lease_s=float(settings.KB_INGEST_LEASE_S),
+        )
         log("launching SmolLM2 and MiniLM")
         llm, embedding = models_launch(bootstrap.team, server.endpoint)
         drills: list[tuple[str, Callable[[Scene], DrillResult]]] = [
@@ -816,7 +920,7 @@ def main() -> int:
             ("redis", lambda scene: drill_redis_restart(stack, scene, documents=documents, down_s=down_s)),
             ("xinference", lambda scene: drill_xinference_outage(stack, scene, documents=documents, outage_s=outage_s)),
             ("postgres", lambda scene: drill_postgres_restart(stack, scene, documents=documents, down_s=down_s)),
-        ]  # fmt: skip
+        ]
         for name, drill in drills:
             log(f"drill {name}: {documents} documents")
             scene = scene_create(team=bootstrap.team, user=bootstrap.admin, llm=llm, embedding=embedding, name=name)
@@ -830,16 +934,18 @@ def main() -> int:
             child.stop()
         server.stop()
 
-    heading = "\n".join([
-        f"# Failure drills {date.today().isoformat()}",
-        "",
-        f"Machine: {os.cpu_count()} cores, {platform.node() or 'machine'}. Each drill: a fresh knowledge base, one "
-        f"seed document and a chat answer, then {documents} documents (text and Markdown, every tenth about 25 "
-        f"chunks) and the fault once a tenth are ready. Xinference down {outage_s:.0f} s; Redis and PostgreSQL down "
-        f"{down_s:.0f} s. Workers' lease KB_INGEST_LEASE_S = {settings.KB_INGEST_LEASE_S} s; beat hands out "
-        f"documents every 10 s and reconciles models every {settings.MODELS_RECONCILE_INTERVAL_S:.0f} s. "
-        "Reproduce: `make drills` (DRILL_DOCS, DRILL_OUTAGE_S, DRILL_DOWN_S, DRILL_LEASE_S).",
-    ])  # fmt: skip
+    heading = "\n".join(
+        [
+            f"# Failure drills {date.today().isoformat()}",
+            "",
+            f"Machine: {os.cpu_count()} cores, {platform.node() or 'machine'}. Each drill: a fresh knowledge base, one "
+            f"seed document and a chat answer, then {documents} documents (text and Markdown, every tenth about 25 "
+            f"chunks) and the fault once a tenth are ready. Xinference down {outage_s:.0f} s; Redis and PostgreSQL "
+            f"down {down_s:.0f} s. Workers' lease KB_INGEST_LEASE_S = {settings.KB_INGEST_LEASE_S} s; beat hands out "
+            f"documents every 10 s and reconciles models every {settings.MODELS_RECONCILE_INTERVAL_S:.0f} s. "
+            "Reproduce: `make drills` (DRILL_DOCS, DRILL_OUTAGE_S, DRILL_DOWN_S, DRILL_LEASE_S).",
+        ]
+    )
     report = render(results, heading)
     (DRILLS_DIR / "report.md").write_text(report)
     print(report)

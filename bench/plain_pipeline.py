@@ -57,12 +57,21 @@ def main() -> None:
             padded.similarity_search(query, k=10)
             latencies.append((time.perf_counter() - started) * 1000)
         search_ms[str(size)] = latencies
-    print(json.dumps({
-        "documents": len(files), "chunks": len(chunks), "load_s": load_s, "split_s": split_s,
-        "model_load_s": model_load_s, "embed_index_s": embed_index_s,
-        "total_s": load_s + split_s + model_load_s + embed_index_s, "search_ms": search_ms,
-        "quality_sources": quality_sources,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "documents": len(files),
+                "chunks": len(chunks),
+                "load_s": load_s,
+                "split_s": split_s,
+                "model_load_s": model_load_s,
+                "embed_index_s": embed_index_s,
+                "total_s": load_s + split_s + model_load_s + embed_index_s,
+                "search_ms": search_ms,
+                "quality_sources": quality_sources,
+            }
+        )
+    )
 
 
 def pad_store(store, size: int):  # type: ignore[no-untyped-def]

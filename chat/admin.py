@@ -37,8 +37,17 @@ class ConversationAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "conversation", "role", "status", "feedback", "model_name", "time_to_first_token_ms",
-                    "total_ms", "created_at"]  # fmt: skip
+    list_display = [
+        "id",
+        "conversation",
+        "role",
+        "status",
+        "feedback",
+        "model_name",
+        "time_to_first_token_ms",
+        "total_ms",
+        "created_at",
+    ]
     list_filter = ["role", "status", "feedback", "conversation__team"]
     search_fields = ["content", "feedback_comment"]
     readonly_fields = [field.name for field in Message._meta.fields]

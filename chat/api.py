@@ -69,9 +69,21 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = Assistant
         fields = [
-            "id", "team", "name", "llm", "knowledge_bases", "system_prompt", "retrieval_mode", "top_k",
-            "score_threshold", "rerank_model", "recent_tokens", "summary_tokens", "max_answer_tokens", "created_at",
-        ]  # fmt: skip
+            "id",
+            "team",
+            "name",
+            "llm",
+            "knowledge_bases",
+            "system_prompt",
+            "retrieval_mode",
+            "top_k",
+            "score_threshold",
+            "rerank_model",
+            "recent_tokens",
+            "summary_tokens",
+            "max_answer_tokens",
+            "created_at",
+        ]
         read_only_fields = ["created_at"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -114,10 +126,23 @@ class MessageSerializer(serializers.ModelSerializer):
     class Meta:
         model = Message
         fields = [
-            "id", "role", "author", "content", "status", "error", "citations", "retrieval_query", "model_name",
-            "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "total_ms", "feedback",
-            "feedback_comment", "created_at",
-        ]  # fmt: skip
+            "id",
+            "role",
+            "author",
+            "content",
+            "status",
+            "error",
+            "citations",
+            "retrieval_query",
+            "model_name",
+            "prompt_tokens",
+            "completion_tokens",
+            "time_to_first_token_ms",
+            "total_ms",
+            "feedback",
+            "feedback_comment",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -127,8 +152,18 @@ class ConversationSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
     class Meta:
         model = Conversation
-        fields = ["id", "team", "owner", "assistant", "title", "is_room", "summary", "summarized_up_to",
-                  "created_at", "updated_at"]  # fmt: skip
+        fields = [
+            "id",
+            "team",
+            "owner",
+            "assistant",
+            "title",
+            "is_room",
+            "summary",
+            "summarized_up_to",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["owner", "summary", "summarized_up_to", "created_at", "updated_at"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -176,11 +211,18 @@ class ConversationViewSet(TeamScopedModelViewSet):
         conversation_delete(conversation=instance)
 
     @extend_schema(
-        request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "array", "items": {
-            "type": "string", "format": "binary"}}}}},
-        responses={201: inline_serializer("ConversationFiles", {"documents": serializers.ListField(),
-                                                                "rejected": serializers.ListField()})},
-    )  # fmt: skip
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
+        responses={
+            201: inline_serializer(
+                "ConversationFiles", {"documents": serializers.ListField(), "rejected": serializers.ListField()}
+            )
+        },
+    )
     @action(detail=True, methods=["post"], parser_classes=[MultiPartParser, FormParser])
     def files(self, request: Request, pk: str | None = None) -> Response:
         """File chat: files dropped into the conversation are searched with its questions."""
@@ -190,8 +232,10 @@ class ConversationViewSet(TeamScopedModelViewSet):
             raise exceptions.ValidationError({"file": "Attach one or more files in the multipart field `file`."})
         kb = conversation_files_kb(conversation=conversation)
         result = documents_upload(kb=kb, uploads=[(upload, upload.name or "") for upload in uploads])
-        documents = [{"id": d.pk, "original_name": d.original_name, "status": d.status}
-                     for d in [*result.created, *result.duplicates]]  # fmt: skip
+        documents = [
+            {"id": d.pk, "original_name": d.original_name, "status": d.status}
+            for d in [*result.created, *result.duplicates]
+        ]
         rejected_body = [{"name": item.name, "reason": item.reason} for item in result.rejected]
         code = status.HTTP_201_CREATED if documents else status.HTTP_400_BAD_REQUEST
         return Response({"documents": documents, "rejected": rejected_body}, status=code)
@@ -299,8 +343,9 @@ class FeedbackView(APIView):
         require_member(request, message.conversation.team_id)
         data = FeedbackSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        message = message_feedback(message=message, value=data.validated_data["value"],
-                                   comment=data.validated_data["comment"])  # fmt: skip
+        message = message_feedback(
+            message=message, value=data.validated_data["value"], comment=data.validated_data["comment"]
+        )
         return Response(MessageSerializer(message).data)
 
 

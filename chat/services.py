@@ -99,13 +99,21 @@ def assistant_create(
     _check_retrieval_mode(retrieval_mode)
     _check_name_free(team, name)
     optional = {
-        "system_prompt": system_prompt, "top_k": top_k, "recent_tokens": recent_tokens,
-        "summary_tokens": summary_tokens, "max_answer_tokens": max_answer_tokens,
-    }  # fmt: skip
+        "system_prompt": system_prompt,
+        "top_k": top_k,
+        "recent_tokens": recent_tokens,
+        "summary_tokens": summary_tokens,
+        "max_answer_tokens": max_answer_tokens,
+    }
     assistant = Assistant.objects.create(
-        team=team, name=name, llm=llm, rerank_model=rerank_model, retrieval_mode=retrieval_mode,
-        score_threshold=score_threshold, **{key: value for key, value in optional.items() if value is not None},
-    )  # fmt: skip
+        team=team,
+        name=name,
+        llm=llm,
+        rerank_model=rerank_model,
+        retrieval_mode=retrieval_mode,
+        score_threshold=score_threshold,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
     assistant.knowledge_bases.set(knowledge_bases or [])
     return assistant
 
@@ -138,10 +146,17 @@ def assistant_update(
     if not isinstance(name, Unset):
         _check_name_free(assistant.team, name, assistant_id=assistant.pk)
     changes = given(
-        name=name, llm=llm, rerank_model=rerank_model, system_prompt=system_prompt, retrieval_mode=retrieval_mode,
-        top_k=top_k, score_threshold=score_threshold, recent_tokens=recent_tokens, summary_tokens=summary_tokens,
+        name=name,
+        llm=llm,
+        rerank_model=rerank_model,
+        system_prompt=system_prompt,
+        retrieval_mode=retrieval_mode,
+        top_k=top_k,
+        score_threshold=score_threshold,
+        recent_tokens=recent_tokens,
+        summary_tokens=summary_tokens,
         max_answer_tokens=max_answer_tokens,
-    )  # fmt: skip
+    )
     for key, value in changes.items():
         setattr(assistant, key, value)
     if changes:
@@ -174,9 +189,13 @@ def conversation_create(*, team: Team, owner: User, assistant: Assistant, is_roo
     webhook_emit(
         team_id=team.pk,
         event=WebhookEvent.CONVERSATION_CREATED,
-        payload={"conversation_id": conversation.pk, "assistant_id": assistant.pk, "owner_id": owner.pk,
-                 "is_room": is_room},
-    )  # fmt: skip
+        payload={
+            "conversation_id": conversation.pk,
+            "assistant_id": assistant.pk,
+            "owner_id": owner.pk,
+            "is_room": is_room,
+        },
+    )
     return conversation
 
 
@@ -305,10 +324,12 @@ def invoke_metered(
     answer = chat_model_for(llm).invoke(prompt, max_tokens=max_tokens)
     usage = getattr(answer, "usage_metadata", None) or {}
     usage_record(
-        team_id=team_id, user_id=user_id, model_name=llm.name,
+        team_id=team_id,
+        user_id=user_id,
+        model_name=llm.name,
         tokens_in=usage.get("input_tokens") or sum(estimate_tokens(str(m.content)) + 4 for m in prompt),
         tokens_out=usage.get("output_tokens") or estimate_tokens(str(answer.content)),
-    )  # fmt: skip
+    )
     return answer
 
 
@@ -382,8 +403,10 @@ def answer_plan(
     if extra_system:
         system = f"{system}\n\n{trim_to_budget(extra_system, assistant.recent_tokens)}"
     if sources:
-        numbered = "\n\n".join(f"[{source['index']}] ({source['document_name']}) {hit.text}"
-                               for source, hit in zip(sources, hits, strict=True))  # fmt: skip
+        numbered = "\n\n".join(
+            f"[{source['index']}] ({source['document_name']}) {hit.text}"
+            for source, hit in zip(sources, hits, strict=True)
+        )
         system = f"{system}\n\n{prompts.ANSWER_WITH_SOURCES.format(sources=numbered)}"
     prompt: list[BaseMessage] = [SystemMessage(system)]
     if summary:
@@ -493,9 +516,13 @@ def turn_finish(
     )
     if called_model:
         usage_record(
-            team_id=turn.team_id, user_id=turn.user_id, model_name=turn.llm.name, tokens_in=tokens_in,
-            tokens_out=tokens_out, reservation_id=turn.reservation_id,
-        )  # fmt: skip
+            team_id=turn.team_id,
+            user_id=turn.user_id,
+            model_name=turn.llm.name,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            reservation_id=turn.reservation_id,
+        )
     else:
         quota_release(reservation_id=turn.reservation_id)
     if status != MessageStatus.FAILED:
@@ -551,10 +578,14 @@ def turn_answer(*, turn: PreparedTurn) -> Message:
     usage = getattr(answer, "usage_metadata", None) or {}
     elapsed = int((timezone.now() - started).total_seconds() * 1000)
     return turn_finish(
-        turn=turn, content=str(answer.content), status=MessageStatus.COMPLETE, total_ms=elapsed,
-        time_to_first_token_ms=elapsed, completion_tokens=usage.get("output_tokens"),
+        turn=turn,
+        content=str(answer.content),
+        status=MessageStatus.COMPLETE,
+        total_ms=elapsed,
+        time_to_first_token_ms=elapsed,
+        completion_tokens=usage.get("output_tokens"),
         prompt_tokens=usage.get("input_tokens"),
-    )  # fmt: skip
+    )
 
 
 # --- memory and titles (Celery, llm queue) -----------------------------------------------------
@@ -565,9 +596,11 @@ def conversation_summarize(*, conversation_id: int) -> bool:
     two runs at once safe: the second finds nothing left to fold. True when it folded."""
     with transaction.atomic():
         conversation = (
-            Conversation.objects.select_for_update().select_related("assistant__llm__provider")
-            .filter(pk=conversation_id).first()
-        )  # fmt: skip
+            Conversation.objects.select_for_update()
+            .select_related("assistant__llm__provider")
+            .filter(pk=conversation_id)
+            .first()
+        )
         if conversation is None:
             return False
         history = _history(conversation, before_id=2**62)
@@ -580,12 +613,14 @@ def conversation_summarize(*, conversation_id: int) -> bool:
         existing = conversation.summary or "(none yet)"
         answer = invoke_metered(
             llm=conversation.assistant.llm,
-            prompt=[SystemMessage(prompts.SUMMARY_SYSTEM.format(words=words)),
-                    HumanMessage(f"Existing summary:\n{existing}\n\nNew turns:\n{turns}")],
+            prompt=[
+                SystemMessage(prompts.SUMMARY_SYSTEM.format(words=words)),
+                HumanMessage(f"Existing summary:\n{existing}\n\nNew turns:\n{turns}"),
+            ],
             max_tokens=conversation.assistant.summary_tokens,
             team_id=conversation.team_id,
             user_id=conversation.owner_id,
-        )  # fmt: skip
+        )
         summary = str(answer.content).strip() or conversation.summary
         conversation.summary = trim_to_budget(summary, conversation.assistant.summary_tokens)
         conversation.summarized_up_to = fold[-1].pk

@@ -63,13 +63,18 @@ def _declared_length(scope: Scope) -> int | None:
 
 async def _send_too_large(send: ASGISendCallable, limit: int, message: str) -> None:
     body = json.dumps({"error": {"code": "too_large", "message": message, "details": {"limit_bytes": limit}}}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-        "trailers": False,
-    })  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+            "trailers": False,
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

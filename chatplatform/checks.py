@@ -29,31 +29,40 @@ def production_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         return []
     errors = []
     if settings.SECRET_KEY_GENERATED:
-        errors.append(Error(
-            f"SECRET_KEY is empty: set it to a long random value in the environment (docker/.env), e.g. {GENERATE}",
-            id="chatplatform.E001",
-        ))  # fmt: skip
+        errors.append(
+            Error(
+                f"SECRET_KEY is empty: set it to a long random value in the environment (docker/.env), e.g. {GENERATE}",
+                id="chatplatform.E001",
+            )
+        )
     elif is_placeholder(settings.SECRET_KEY):
-        errors.append(Error(
-            f"SECRET_KEY is the placeholder {settings.SECRET_KEY!r}: set it to a long random value, e.g. {GENERATE}",
-            id="chatplatform.E002",
-        ))  # fmt: skip
+        errors.append(
+            Error(
+                f"SECRET_KEY is the placeholder {settings.SECRET_KEY!r}: set it to a long random value, "
+                f"e.g. {GENERATE}",
+                id="chatplatform.E002",
+            )
+        )
     # Empty is fine here: bootstrap then generates a random password and prints it once.
     if is_placeholder(settings.ADMIN_PASSWORD):
-        errors.append(Error(
-            f"CHATPLATFORM_ADMIN_PASSWORD is the placeholder {settings.ADMIN_PASSWORD!r}: set a strong password, "
-            "or leave it empty to have a random one generated and printed once",
-            id="chatplatform.E003",
-        ))  # fmt: skip
+        errors.append(
+            Error(
+                f"CHATPLATFORM_ADMIN_PASSWORD is the placeholder {settings.ADMIN_PASSWORD!r}: set a strong password, "
+                "or leave it empty to have a random one generated and printed once",
+                id="chatplatform.E003",
+            )
+        )
     database = settings.DATABASES["default"]
     password = str(database.get("PASSWORD") or "")
     # A Unix-socket database may rightly have none (peer authentication); over TCP it must.
     over_tcp = not str(database.get("HOST") or "").startswith("/")
     if is_placeholder(password) or (over_tcp and not password):
         shown = repr(password) if password else "empty"
-        errors.append(Error(
-            f"the database password (DATABASE_URL, or POSTGRES_PASSWORD in docker/.env) is {shown}: set a strong "
-            "one, URL-safe, e.g. python -c \"import secrets; print(secrets.token_hex(24))\"",
-            id="chatplatform.E004",
-        ))  # fmt: skip
+        errors.append(
+            Error(
+                f"the database password (DATABASE_URL, or POSTGRES_PASSWORD in docker/.env) is {shown}: set a strong "
+                'one, URL-safe, e.g. python -c "import secrets; print(secrets.token_hex(24))"',
+                id="chatplatform.E004",
+            )
+        )
     return errors

@@ -194,16 +194,25 @@ def _redis_start(var_dir: Path) -> None:
     # appendonly: queued Celery messages survive a Redis restart.
     arguments = [
         _redis_executable(),
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--daemonize", "yes",
-        "--pidfile", str(pid_path),
-        "--dir", str(data_dir),
-        "--logfile", str(log_path),
-        "--appendonly", "yes",
-        "--save", "",
-    ]  # fmt: skip
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(pid_path),
+        "--dir",
+        str(data_dir),
+        "--logfile",
+        str(log_path),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+    ]
     subprocess.run(arguments, check=True, timeout=STARTUP_TIMEOUT_S)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while not _redis_ping(socket_path):

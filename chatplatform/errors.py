@@ -54,10 +54,15 @@ def api_error_response(exc: exceptions.APIException) -> JsonResponse:
     """The same shape for the async entry points that answer outside DRF's exception handling."""
     code = exc.get_codes()
     response = JsonResponse(
-        {"error": {"code": code if isinstance(code, str) else "invalid", "message": _message(exc.detail),
-                   "details": {}}},
+        {
+            "error": {
+                "code": code if isinstance(code, str) else "invalid",
+                "message": _message(exc.detail),
+                "details": {},
+            }
+        },
         status=exc.status_code,
-    )  # fmt: skip
+    )
     wait = getattr(exc, "wait", None)
     if wait:
         response["Retry-After"] = str(int(wait))

@@ -49,15 +49,22 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = WebhookDelivery
         fields = [
-            "id", "webhook", "event", "payload", "status", "attempts", "response_status", "last_error",
-            "next_attempt_at", "created_at", "delivered_at",
-        ]  # fmt: skip
+            "id",
+            "webhook",
+            "event",
+            "payload",
+            "status",
+            "attempts",
+            "response_status",
+            "last_error",
+            "next_attempt_at",
+            "created_at",
+            "delivered_at",
+        ]
         read_only_fields = fields
 
 
-ADMIN_ONLY = {
-    action: Role.ADMIN for action in ("update", "partial_update", "destroy", "test", "deliveries")
-}  # fmt: skip
+ADMIN_ONLY = {action: Role.ADMIN for action in ("update", "partial_update", "destroy", "test", "deliveries")}
 
 
 class WebhookViewSet(TeamScopedModelViewSet):

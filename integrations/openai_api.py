@@ -57,15 +57,32 @@ MAX_EMBEDDING_INPUT_CHARS = 32_000
 # and ignored when harmless, refused when the platform cannot honour it.
 SAMPLING_FIELDS = ("temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty")
 IGNORED_FIELDS = {
-    "user", "metadata", "store", "logit_bias", "service_tier", "parallel_tool_calls", "response_format",
-    "logprobs", "top_logprobs", "reasoning_effort", "modalities", "prediction", "web_search_options",
-}  # fmt: skip
+    "user",
+    "metadata",
+    "store",
+    "logit_bias",
+    "service_tier",
+    "parallel_tool_calls",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+    "modalities",
+    "prediction",
+    "web_search_options",
+}
 UNSUPPORTED_FIELDS = {"tools", "tool_choice", "functions", "function_call", "audio"}
 
 ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-    405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error",
-}  # fmt: skip
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 # --- errors in OpenAI's shape -------------------------------------------------------------------
@@ -77,8 +94,9 @@ class ModelNotFound(DomainError):
 
 
 def openai_error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}  # fmt: skip
+    return {
+        "error": {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "param": param, "code": code}
+    }
 
 
 def openai_error_response(status: int, message: str, code: str | None, param: str | None = None) -> JsonResponse:
@@ -143,15 +161,20 @@ def _require_member(user: User, api_key: ApiKey) -> None:
 
 
 def _model_object(assistant: Assistant) -> dict[str, Any]:
-    return {"id": assistant.name, "object": "model", "created": int(assistant.created_at.timestamp()),
-            "owned_by": assistant.team.slug}  # fmt: skip
+    return {
+        "id": assistant.name,
+        "object": "model",
+        "created": int(assistant.created_at.timestamp()),
+        "owned_by": assistant.team.slug,
+    }
 
 
 def _assistant_named(team: Team, name: str) -> Assistant:
     assistant = (
         Assistant.objects.select_related("team", "llm__provider", "rerank_model__provider")
-        .filter(team=team, name=name).first()
-    )  # fmt: skip
+        .filter(team=team, name=name)
+        .first()
+    )
     if assistant is None:
         known = list(Assistant.objects.filter(team=team).values_list("name", flat=True)[:20])
         raise ModelNotFound(f"The team has no assistant named {name!r}: use one of {known} (GET /v1/models).")
@@ -160,9 +183,13 @@ def _assistant_named(team: Team, name: str) -> Assistant:
 
 MODEL_OBJECT = inline_serializer(
     "OpenAIModel",
-    {"id": serializers.CharField(), "object": serializers.CharField(), "created": serializers.IntegerField(),
-     "owned_by": serializers.CharField()},
-)  # fmt: skip
+    {
+        "id": serializers.CharField(),
+        "object": serializers.CharField(),
+        "created": serializers.IntegerField(),
+        "owned_by": serializers.CharField(),
+    },
+)
 
 
 class ModelListView(OpenAIView):
@@ -292,8 +319,11 @@ def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> 
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _finish_reason(metadata: dict[str, Any] | None) -> str:
@@ -320,9 +350,13 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
         completion_tokens = usage.get("output_tokens") or estimate_tokens(content)
         finish = _finish_reason(answer.response_metadata)
         usage_record(
-            team_id=plan.team_id, user_id=plan.user_id, model_name=plan.llm.name, tokens_in=prompt_tokens,
-            tokens_out=completion_tokens, reservation_id=plan.reservation_id,
-        )  # fmt: skip
+            team_id=plan.team_id,
+            user_id=plan.user_id,
+            model_name=plan.llm.name,
+            tokens_in=prompt_tokens,
+            tokens_out=completion_tokens,
+            reservation_id=plan.reservation_id,
+        )
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -415,9 +449,16 @@ class CompletionStream:
         self.recorded = False
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
-        return _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                     "model": self.completion.model_name,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra})  # fmt: skip
+        return _sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.completion.model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                **extra,
+            }
+        )
 
     def _take(self, piece: Any) -> str:
         if getattr(piece, "usage_metadata", None):
@@ -445,8 +486,16 @@ class CompletionStream:
         tokens = await self._record()
         yield self.chunk({}, finish_reason=self.finish)
         if self.completion.include_usage:
-            yield _sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                        "model": self.completion.model_name, "choices": [], "usage": _usage(*tokens)})  # fmt: skip
+            yield _sse(
+                {
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.completion.model_name,
+                    "choices": [],
+                    "usage": _usage(*tokens),
+                }
+            )
         yield _sse("[DONE]")
 
     async def _texts(self) -> AsyncGenerator[str, None]:
@@ -471,9 +520,13 @@ class CompletionStream:
         prompt_tokens = self.usage.get("input_tokens") or plan.prompt_tokens
         completion_tokens = self.usage.get("output_tokens") or estimate_tokens("".join(self.parts))
         await sync_to_async(usage_record)(
-            team_id=plan.team_id, user_id=plan.user_id, model_name=plan.llm.name, tokens_in=prompt_tokens,
-            tokens_out=completion_tokens, reservation_id=plan.reservation_id,
-        )  # fmt: skip
+            team_id=plan.team_id,
+            user_id=plan.user_id,
+            model_name=plan.llm.name,
+            tokens_in=prompt_tokens,
+            tokens_out=completion_tokens,
+            reservation_id=plan.reservation_id,
+        )
         return prompt_tokens, completion_tokens
 
 
@@ -582,13 +635,18 @@ class EmbeddingsView(OpenAIView):
                 f"the embedding model {registration.name} did not answer ({type(exc).__name__}: {exc}); try again"
             ) from exc
         tokens = sum(estimate_tokens(text) for text in texts)
-        usage_record(team_id=api_key.team_id, user_id=user.pk, model_name=registration.name, tokens_in=tokens,
-                     tokens_out=0)  # fmt: skip
+        usage_record(
+            team_id=api_key.team_id, user_id=user.pk, model_name=registration.name, tokens_in=tokens, tokens_out=0
+        )
         encoding = data.validated_data["encoding_format"]
-        return Response({
-            "object": "list",
-            "data": [{"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
-                     for index, vector in enumerate(vectors)],
-            "model": registration.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        })  # fmt: skip
+        return Response(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": index, "embedding": _encode(vector, encoding)}
+                    for index, vector in enumerate(vectors)
+                ],
+                "model": registration.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )

@@ -93,16 +93,28 @@ class KnowledgeBaseAdmin(admin.ModelAdmin):
                     messages.ERROR,
                 )
             return redirect(reverse("admin:kb_document_changelist") + f"?knowledge_base__id__exact={kb.pk}")
-        context = {**self.admin_site.each_context(request), "title": _("Upload to %(name)s") % {"name": kb.name},
-                   "form": UploadForm(),
-                   "knowledge_base": kb, "opts": self.model._meta}  # fmt: skip
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Upload to %(name)s") % {"name": kb.name},
+            "form": UploadForm(),
+            "knowledge_base": kb,
+            "opts": self.model._meta,
+        }
         return render(request, "admin/kb/upload.html", context)
 
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["original_name", "knowledge_base", "status", "progress", "chunk_count", "content_type", "error",
-                    "updated_at"]  # fmt: skip
+    list_display = [
+        "original_name",
+        "knowledge_base",
+        "status",
+        "progress",
+        "chunk_count",
+        "content_type",
+        "error",
+        "updated_at",
+    ]
     list_filter = ["status", "content_type", "knowledge_base__team", "knowledge_base"]
     search_fields = ["original_name", "sha256", "error", "knowledge_base__name"]
     readonly_fields = [field.name for field in Document._meta.fields]

@@ -58,9 +58,21 @@ class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = KnowledgeBase
         fields = [
-            "id", "team", "name", "description", "embedding_model", "splitter", "chunk_size", "chunk_overlap",
-            "generation", "rebuilding", "vector_index", "document_count", "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "team",
+            "name",
+            "description",
+            "embedding_model",
+            "splitter",
+            "chunk_size",
+            "chunk_overlap",
+            "generation",
+            "rebuilding",
+            "vector_index",
+            "document_count",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["generation", "vector_index", "created_at", "updated_at"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -80,9 +92,21 @@ class DocumentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Document
         fields = [
-            "id", "knowledge_base", "original_name", "sha256", "size_bytes", "content_type", "status", "progress",
-            "stage_timings", "error", "chunk_count", "attempts", "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "knowledge_base",
+            "original_name",
+            "sha256",
+            "size_bytes",
+            "content_type",
+            "status",
+            "progress",
+            "stage_timings",
+            "error",
+            "chunk_count",
+            "attempts",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = fields
 
 
@@ -166,11 +190,15 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
     )
     @extend_schema(
         methods=["POST"],
-        request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "array", "items": {
-            "type": "string", "format": "binary"}}}}},
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
         responses={201: UploadResultSerializer},
         description="Upload one or more files (field `file`, repeated); ZIP archives are expanded.",
-    )  # fmt: skip
+    )
     @action(detail=True, methods=["get", "post"], parser_classes=[MultiPartParser, FormParser])
     def documents(self, request: Request, pk: str | None = None) -> Response:
         kb = self.get_object()
@@ -197,8 +225,10 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             )
         return Response(body, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=SearchInputSerializer, responses=inline_serializer(
-        "SearchResults", {"results": HitSerializer(many=True)}))  # fmt: skip
+    @extend_schema(
+        request=SearchInputSerializer,
+        responses=inline_serializer("SearchResults", {"results": HitSerializer(many=True)}),
+    )
     @action(detail=True, methods=["post"])
     def search(self, request: Request, pk: str | None = None) -> Response:
         """Hit testing: the chunks and scores a query retrieves, in the mode asked for."""
@@ -229,13 +259,17 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
         return Response({"results": HitSerializer(hits, many=True).data})
 
     @extend_schema(
-        request=inline_serializer("RebuildInput", {
-            "embedding_model": serializers.IntegerField(required=False),
-            "splitter": serializers.ChoiceField(choices=Splitter.choices, required=False),
-            "chunk_size": serializers.IntegerField(required=False),
-            "chunk_overlap": serializers.IntegerField(required=False)}),
+        request=inline_serializer(
+            "RebuildInput",
+            {
+                "embedding_model": serializers.IntegerField(required=False),
+                "splitter": serializers.ChoiceField(choices=Splitter.choices, required=False),
+                "chunk_size": serializers.IntegerField(required=False),
+                "chunk_overlap": serializers.IntegerField(required=False),
+            },
+        ),
         responses=KnowledgeBaseSerializer,
-    )  # fmt: skip
+    )
     @action(detail=True, methods=["post"])
     def rebuild(self, request: Request, pk: str | None = None) -> Response:
         """Re-chunk and re-embed every document beside the live index, then swap (no downtime)."""

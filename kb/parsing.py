@@ -437,8 +437,26 @@ def parse_html(path: Path, original_name: str) -> Iterator[Section]:
 
 
 HTML_DROPPED_TAGS = ("script", "style", "noscript", "nav", "header", "footer", "template", "svg")
-HTML_TEXT_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "th", "dt", "dd",
-                            "blockquote", "figcaption", "caption"))  # fmt: skip
+HTML_TEXT_TAGS = frozenset(
+    (
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "p",
+        "li",
+        "pre",
+        "td",
+        "th",
+        "dt",
+        "dd",
+        "blockquote",
+        "figcaption",
+        "caption",
+    )
+)
 HTML_HEADING_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
 
 

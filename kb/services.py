@@ -145,9 +145,13 @@ def kb_update(
     """Name and description change in place; chunking and the embedding model through a rebuild.
     The team never changes."""
     changes = given(
-        name=name, description=description, embedding_model=embedding_model, splitter=splitter,
-        chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-    )  # fmt: skip
+        name=name,
+        description=description,
+        embedding_model=embedding_model,
+        splitter=splitter,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+    )
     rebuild_fields = {"embedding_model", "splitter", "chunk_size", "chunk_overlap"}
     wants_rebuild = {key for key, value in changes.items() if key in rebuild_fields and getattr(kb, key) != value}
     if wants_rebuild and kb.documents.exists():
@@ -663,11 +667,18 @@ def _replace_chunks(
     """Delete and insert in one transaction, so a re-run never leaves duplicates or a gap."""
     rows = [
         (
-            document.knowledge_base_id, document.pk, generation, ordinal, draft.text,
-            json.dumps(draft.metadata, ensure_ascii=False), dims, json.dumps(vector), fulltext.index_text(draft.text),
+            document.knowledge_base_id,
+            document.pk,
+            generation,
+            ordinal,
+            draft.text,
+            json.dumps(draft.metadata, ensure_ascii=False),
+            dims,
+            json.dumps(vector),
+            fulltext.index_text(draft.text),
         )
         for ordinal, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
-    ]  # fmt: skip
+    ]
     with transaction.atomic(), connection.cursor() as cursor:
         # Shared, so stores run side by side, while kb_index_vectors' switch out of NONE waits
         # for them: no chunk is written unindexed after it (taken before the document's lock, in

@@ -130,8 +130,10 @@ class ProviderViewSet(TeamScopedModelViewSet):
         client = client_for(provider)
         if not isinstance(client, XinferenceClient):
             raise ValidationError({"detail": "Only Xinference providers have model families to launch."})
-        families = [{"model_name": family["model_name"], "is_builtin": bool(family.get("is_builtin"))}
-                    for family in client.families(kind)]  # fmt: skip
+        families = [
+            {"model_name": family["model_name"], "is_builtin": bool(family.get("is_builtin"))}
+            for family in client.families(kind)
+        ]
         return Response(FamilySerializer(families, many=True).data)
 
 
@@ -148,10 +150,24 @@ class ModelRegistrationSerializer(StrictFieldsMixin, serializers.ModelSerializer
     class Meta:
         model = ModelRegistration
         fields = [
-            "id", "team", "provider", "kind", "name", "provider_model_uid", "launch_spec", "custom_spec",
-            "dimensions", "context_length", "keep_running", "status", "last_error", "last_checked_at",
-            "recent_events", "created_at", "updated_at",
-        ]  # fmt: skip
+            "id",
+            "team",
+            "provider",
+            "kind",
+            "name",
+            "provider_model_uid",
+            "launch_spec",
+            "custom_spec",
+            "dimensions",
+            "context_length",
+            "keep_running",
+            "status",
+            "last_error",
+            "last_checked_at",
+            "recent_events",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["team", "status", "last_error", "last_checked_at", "created_at", "updated_at"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -221,10 +237,14 @@ class ModelRegistrationViewSet(TeamScopedModelViewSet):
     @extend_schema(
         request=None,
         responses=inline_serializer(
-            "ModelTestResult", {"ok": serializers.BooleanField(), "detail": serializers.CharField(),
-                                "duration_ms": serializers.IntegerField()}
+            "ModelTestResult",
+            {
+                "ok": serializers.BooleanField(),
+                "detail": serializers.CharField(),
+                "duration_ms": serializers.IntegerField(),
+            },
         ),
-    )  # fmt: skip
+    )
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
         """One real call: a short chat, an embedding, or a rerank."""

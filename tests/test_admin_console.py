@@ -67,9 +67,16 @@ def knowledge_base_with_documents(team: Team) -> tuple[KnowledgeBase, Document, 
 
     def document(name: str, status: str, error: str = "") -> Document:
         return Document.objects.create(
-            knowledge_base=kb, team=team, original_name=name, file=ContentFile(b"hello", name=name),
-            sha256=name.ljust(64, "0"), size_bytes=5, content_type="text/plain", status=status, error=error,
-        )  # fmt: skip
+            knowledge_base=kb,
+            team=team,
+            original_name=name,
+            file=ContentFile(b"hello", name=name),
+            sha256=name.ljust(64, "0"),
+            size_bytes=5,
+            content_type="text/plain",
+            status=status,
+            error=error,
+        )
 
     return kb, document("broken.pdf", DocumentStatus.FAILED, FAILURE_REASON), document("ok.txt", DocumentStatus.READY)
 
@@ -137,12 +144,27 @@ def test_the_dashboard_is_for_staff_only_and_launching_needs_the_change_permissi
 def test_the_dashboard_shows_usage_ingestion_and_models(team) -> None:
     client, admin = superuser_client()
     today = timezone.now().date()
-    Usage.objects.create(team=team, user=admin, model_name="SmolLM2", day=today, requests=7, tokens_in=1200,
-                         tokens_out=345)  # fmt: skip
-    Usage.objects.create(team=team, user=admin, model_name="MiniLM", day=today - timedelta(days=3), requests=3,
-                         tokens_in=800, tokens_out=0)  # fmt: skip
-    Usage.objects.create(team=team, user=admin, model_name="Ancient", day=today - timedelta(days=20), requests=1,
-                         tokens_in=99_999, tokens_out=0)  # fmt: skip
+    Usage.objects.create(
+        team=team, user=admin, model_name="SmolLM2", day=today, requests=7, tokens_in=1200, tokens_out=345
+    )
+    Usage.objects.create(
+        team=team,
+        user=admin,
+        model_name="MiniLM",
+        day=today - timedelta(days=3),
+        requests=3,
+        tokens_in=800,
+        tokens_out=0,
+    )
+    Usage.objects.create(
+        team=team,
+        user=admin,
+        model_name="Ancient",
+        day=today - timedelta(days=20),
+        requests=1,
+        tokens_in=99_999,
+        tokens_out=0,
+    )
     _kb, failed, _ready = knowledge_base_with_documents(team)
     with ingest_consumers_paused():
         base = queue_depths()["ingest"]
@@ -173,8 +195,15 @@ def test_the_dashboard_shows_usage_ingestion_and_models(team) -> None:
 def test_chart_labels_are_escaped() -> None:
     client, admin = superuser_client()
     team = TeamFactory.create(name="<script>alert(1)</script>")
-    Usage.objects.create(team=team, user=admin, model_name='"><img src=x onerror=alert(2)>',
-                         day=timezone.now().date(), requests=1, tokens_in=5, tokens_out=5)  # fmt: skip
+    Usage.objects.create(
+        team=team,
+        user=admin,
+        model_name='"><img src=x onerror=alert(2)>',
+        day=timezone.now().date(),
+        requests=1,
+        tokens_in=5,
+        tokens_out=5,
+    )
     page = client.get(DASHBOARD).content.decode()
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -310,8 +339,16 @@ def test_old_api_key_uses_are_pruned(team) -> None:
     key, _secret = api_key_create(user=user, team=team, name="old")
     now = timezone.now()
     for age_days in (1, 89, 91, 400):
-        ApiKeyUse.objects.create(key=key, key_prefix=key.prefix, team=team, user=user, method="GET", path="/",
-                                 status_code=200, created_at=now - timedelta(days=age_days))  # fmt: skip
+        ApiKeyUse.objects.create(
+            key=key,
+            key_prefix=key.prefix,
+            team=team,
+            user=user,
+            method="GET",
+            path="/",
+            status_code=200,
+            created_at=now - timedelta(days=age_days),
+        )
     assert prune_api_key_uses() == 2
     with override_settings(API_KEY_AUDIT_RETENTION_DAYS=30):
         assert prune_api_key_uses() == 1
@@ -329,17 +366,29 @@ def test_dashboard_in_the_browser_shows_usage_and_launches_and_terminates_a_mode
     admin = UserFactory.create(is_staff=True, is_superuser=True)
     team = TeamFactory.create(name="Acme Research")
     today = timezone.now().date()
-    Usage.objects.create(team=team, user=admin, model_name="SmolLM2", day=today, requests=7, tokens_in=1200,
-                         tokens_out=345)  # fmt: skip
-    Usage.objects.create(team=team, user=admin, model_name="MiniLM", day=today - timedelta(days=1), requests=3,
-                         tokens_in=800, tokens_out=0)  # fmt: skip
+    Usage.objects.create(
+        team=team, user=admin, model_name="SmolLM2", day=today, requests=7, tokens_in=1200, tokens_out=345
+    )
+    Usage.objects.create(
+        team=team,
+        user=admin,
+        model_name="MiniLM",
+        day=today - timedelta(days=1),
+        requests=3,
+        tokens_in=800,
+        tokens_out=0,
+    )
     _kb, failed, _ready = knowledge_base_with_documents(team)
     provider = provider_create(team=team, name="Xinference", kind="xinference", endpoint=xinference.endpoint)
     embedding = registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
         launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()), dimensions=384,
-    )  # fmt: skip
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        dimensions=384,
+    )
     registration_terminate(registration=embedding)  # stopped on the server: Launch has real work to do
     with ingest_consumers_paused():
         depth = queue_depths()["ingest"] + 1

@@ -68,9 +68,15 @@ def build_world(label: str = "", team: Team | None = None) -> World:
     rerank = registration_create(provider=provider, kind="rerank", name=f"{label}Rerank", provider_model_uid="rr")
     kb = kb_create(team=team, name=f"{label}KB", embedding_model=embedding)
     document = Document.objects.create(
-        knowledge_base=kb, team=team, original_name=f"{label}a.txt", file=ContentFile(b"hello", name="a.txt"),
-        sha256="0" * 64, size_bytes=5, content_type="text/plain", status="ready",
-    )  # fmt: skip
+        knowledge_base=kb,
+        team=team,
+        original_name=f"{label}a.txt",
+        file=ContentFile(b"hello", name="a.txt"),
+        sha256="0" * 64,
+        size_bytes=5,
+        content_type="text/plain",
+        status="ready",
+    )
     assistant = assistant_create(team=team, name=f"{label}Helper", llm=llm)
     room = conversation_create(team=team, owner=member, assistant=assistant, is_room=True)
     message = Message.objects.create(conversation=room, role=Message.Role.USER, author=member, content="hi")
@@ -133,10 +139,18 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/knowledge-bases/{id}/search/": {"query": "hello", "mode": "fulltext"},
         "/api/v1/messages/{id}/feedback/": {"value": 1},
         "/api/v1/models/": {"provider": world.provider_id, "kind": "llm", "name": "M2", "provider_model_uid": "m2"},
-        "/api/v1/models/{id}/": {"provider": world.provider_id, "kind": "llm", "name": "M3",
-                                 "provider_model_uid": "m3"},
-        "/api/v1/providers/": {"name": "P2", "kind": "openai_compatible", "endpoint": "http://127.0.0.1:9",
-                               "team": team},
+        "/api/v1/models/{id}/": {
+            "provider": world.provider_id,
+            "kind": "llm",
+            "name": "M3",
+            "provider_model_uid": "m3",
+        },
+        "/api/v1/providers/": {
+            "name": "P2",
+            "kind": "openai_compatible",
+            "endpoint": "http://127.0.0.1:9",
+            "team": team,
+        },
         "/api/v1/providers/{id}/": {"name": "P3", "kind": "openai_compatible", "endpoint": "http://127.0.0.1:9"},
         "/api/v1/teams/": {"name": "Another"},
         "/api/v1/teams/{id}/": {"name": "Renamed"},
@@ -146,7 +160,7 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/webhooks/{id}/": {"url": "https://hooks.example.com/z", "events": ["document.ready"]},
         "/v1/chat/completions": {"model": world.assistant_name, "messages": [{"role": "user", "content": "hi"}]},
         "/v1/embeddings": {"model": world.embedding_name, "input": "hi"},
-    }  # fmt: skip
+    }
     if method in ("get", "delete") or (
         path not in bodies and re.search(r"/(launch|terminate|test|stop|rebuild|reindex|regenerate)/$", path)
     ):
@@ -179,8 +193,15 @@ def counts(team_id: int) -> dict[str, int]:
 
 def test_the_schema_lists_every_api_route() -> None:
     paths = {path for _method, path in operations()}
-    for expected in ("/api/v1/usage/", "/api/v1/api-keys/", "/api/v1/webhooks/", "/v1/chat/completions",
-                     "/v1/embeddings", "/v1/models", "/api/v1/conversations/{id}/messages/"):  # fmt: skip
+    for expected in (
+        "/api/v1/usage/",
+        "/api/v1/api-keys/",
+        "/api/v1/webhooks/",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/api/v1/conversations/{id}/messages/",
+    ):
         assert expected in paths
 
 
@@ -261,9 +282,18 @@ REFERENCE_FIELDS = {
 }
 # Whole-number fields that are amounts, not references (a new id-like field must be classified).
 NOT_REFERENCES = {
-    "top_k", "chunk_size", "chunk_overlap", "recent_tokens", "summary_tokens", "max_answer_tokens", "value",
-    "dimensions", "context_length", "rate_limit_per_minute", "expires_days",
-}  # fmt: skip
+    "top_k",
+    "chunk_size",
+    "chunk_overlap",
+    "recent_tokens",
+    "summary_tokens",
+    "max_answer_tokens",
+    "value",
+    "dimensions",
+    "context_length",
+    "rate_limit_per_minute",
+    "expires_days",
+}
 # A reference of the wrong kind within the caller's own team.
 WRONG_KIND = {"llm": "embedding", "embedding": "llm", "rerank": "llm"}
 SECRET = "FOREIGN-SECRET-"
@@ -283,10 +313,15 @@ def is_integer_field(spec: dict[str, Any]) -> bool:
 
 def object_id(world: World, kind: str) -> int:
     return {
-        "team": world.team_id, "llm": world.llm_id, "embedding": world.embedding_id, "rerank": world.rerank_id,
-        "provider": world.provider_id, "assistant": world.ids["assistants"],
-        "knowledge_base": world.ids["knowledge-bases"], "document": world.ids["documents"],
-    }[kind]  # fmt: skip
+        "team": world.team_id,
+        "llm": world.llm_id,
+        "embedding": world.embedding_id,
+        "rerank": world.rerank_id,
+        "provider": world.provider_id,
+        "assistant": world.ids["assistants"],
+        "knowledge_base": world.ids["knowledge-bases"],
+        "document": world.ids["documents"],
+    }[kind]
 
 
 def with_reference(body: Any, field: str, spec: dict[str, Any], value: int) -> dict[str, Any]:
@@ -412,13 +447,20 @@ def test_a_conversations_files_are_seen_only_by_those_who_see_the_conversation()
     owner, other = member_of(team, Role.MEMBER), member_of(team, Role.ADMIN)
     assistant = Assistant.objects.get(pk=world.ids["assistants"])
     conversation = conversation_create(team=team, owner=owner, assistant=assistant)
-    files_kb = kb_create(team=team, name="Files of a private chat", embedding_model=ModelRegistration.objects.get(
-        pk=world.embedding_id))  # fmt: skip
+    files_kb = kb_create(
+        team=team, name="Files of a private chat", embedding_model=ModelRegistration.objects.get(pk=world.embedding_id)
+    )
     Conversation.objects.filter(pk=conversation.pk).update(file_knowledge_base=files_kb)
     document = Document.objects.create(
-        knowledge_base=files_kb, team=team, original_name="salary.txt", file=ContentFile(b"x", name="s.txt"),
-        sha256="1" * 64, size_bytes=1, content_type="text/plain", status="ready",
-    )  # fmt: skip
+        knowledge_base=files_kb,
+        team=team,
+        original_name="salary.txt",
+        file=ContentFile(b"x", name="s.txt"),
+        sha256="1" * 64,
+        size_bytes=1,
+        content_type="text/plain",
+        status="ready",
+    )
     owner_client, other_client = keyed(owner, team), keyed(other, team)
 
     listed = owner_client.get("/api/v1/knowledge-bases/").json()["results"]
@@ -427,8 +469,11 @@ def test_a_conversations_files_are_seen_only_by_those_who_see_the_conversation()
 
     listed = other_client.get("/api/v1/knowledge-bases/").json()["results"]
     assert files_kb.pk not in [row["id"] for row in listed]
-    for url in (f"/api/v1/knowledge-bases/{files_kb.pk}/", f"/api/v1/knowledge-bases/{files_kb.pk}/documents/",
-                f"/api/v1/documents/{document.pk}/"):  # fmt: skip
+    for url in (
+        f"/api/v1/knowledge-bases/{files_kb.pk}/",
+        f"/api/v1/knowledge-bases/{files_kb.pk}/documents/",
+        f"/api/v1/documents/{document.pk}/",
+    ):
         assert other_client.get(url).status_code == 404, url
     search = other_client.post(f"/api/v1/knowledge-bases/{files_kb.pk}/search/", {"query": "salary"}, format="json")
     assert search.status_code == 404
@@ -437,8 +482,9 @@ def test_a_conversations_files_are_seen_only_by_those_who_see_the_conversation()
     upload.name = "planted.txt"
     response = other_client.post(f"/api/v1/knowledge-bases/{files_kb.pk}/documents/", {"file": [upload]})
     assert response.status_code == 404
-    response = other_client.patch(f"/api/v1/assistants/{assistant.pk}/", {"knowledge_bases": [files_kb.pk]},
-                                  format="json")  # fmt: skip
+    response = other_client.patch(
+        f"/api/v1/assistants/{assistant.pk}/", {"knowledge_bases": [files_kb.pk]}, format="json"
+    )
     assert response.status_code == 400
     assert not assistant.knowledge_bases.filter(pk=files_kb.pk).exists()
     assert files_kb.documents.count() == 1

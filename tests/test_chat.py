@@ -36,14 +36,22 @@ VENV = embedded_xinference.default_venv_dir()
 def models_on(team, endpoint: str) -> tuple[ModelRegistration, ModelRegistration]:
     provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
     llm = registration_create(
-        provider=provider, kind="llm", name="SmolLM2", provider_model_uid=embedded_xinference.LLM_UID,
-        launch_spec=embedded_xinference.llm_launch(), custom_spec=embedded_xinference.llm_spec(VENV),
-    )  # fmt: skip
+        provider=provider,
+        kind="llm",
+        name="SmolLM2",
+        provider_model_uid=embedded_xinference.LLM_UID,
+        launch_spec=embedded_xinference.llm_launch(),
+        custom_spec=embedded_xinference.llm_spec(VENV),
+    )
     embedding = registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(), custom_spec=embedded_xinference.embedding_spec(VENV),
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        launch_spec=embedded_xinference.embedding_launch(),
+        custom_spec=embedded_xinference.embedding_spec(VENV),
         dimensions=384,
-    )  # fmt: skip
+    )
     return llm, embedding
 
 
@@ -70,8 +78,15 @@ def chat_setup(team, xinference: XinferenceServer, celery_worker_process: str):
     wait_until(lambda: Document.objects.filter(knowledge_base=kb, status="ready").exists())
     kb_assistant = assistant_create(team=team, name="Handbook bot", llm=llm, knowledge_bases=[kb], max_answer_tokens=96)
     plain_assistant = assistant_create(team=team, name="Plain", llm=llm, max_answer_tokens=160)
-    return {"team": team, "user": user, "client": client, "kb": kb, "llm": llm, "kb_assistant": kb_assistant,
-            "plain_assistant": plain_assistant}  # fmt: skip
+    return {
+        "team": team,
+        "user": user,
+        "client": client,
+        "kb": kb,
+        "llm": llm,
+        "kb_assistant": kb_assistant,
+        "plain_assistant": plain_assistant,
+    }
 
 
 def new_conversation(setup: dict[str, Any], assistant: Assistant) -> Conversation:
@@ -146,8 +161,11 @@ def test_tokens_stream_incrementally_and_the_answer_is_saved(chat_setup) -> None
 
 def test_knowledge_base_answers_cite_real_chunks_of_that_knowledge_base(chat_setup) -> None:
     conversation = new_conversation(chat_setup, chat_setup["kb_assistant"])
-    events = stream(key_for(chat_setup["user"], chat_setup["team"]), conversation.pk,
-                    "How many cats does the lighthouse keeper of Vardø feed?")  # fmt: skip
+    events = stream(
+        key_for(chat_setup["user"], chat_setup["team"]),
+        conversation.pk,
+        "How many cats does the lighthouse keeper of Vardø feed?",
+    )
     sources = events[0][2]["sources"]
     assert sources
     chunk_ids = {source["chunk_id"] for source in sources}
@@ -174,8 +192,12 @@ def test_when_nothing_relevant_is_found_it_says_so(chat_setup) -> None:
 
 def test_a_dropped_client_stops_the_answer_and_keeps_what_was_written(chat_setup) -> None:
     conversation = new_conversation(chat_setup, chat_setup["plain_assistant"])
-    events = stream(key_for(chat_setup["user"], chat_setup["team"]), conversation.pk,
-                    "Write a very long essay about the sea.", stop_after=3)  # fmt: skip
+    events = stream(
+        key_for(chat_setup["user"], chat_setup["team"]),
+        conversation.pk,
+        "Write a very long essay about the sea.",
+        stop_after=3,
+    )
     message_id = events[0][2]["message_id"]
     wait_until(lambda: Message.objects.get(pk=message_id).status != "streaming", timeout=30)
     message = Message.objects.get(pk=message_id)
@@ -214,11 +236,18 @@ def test_summary_memory_folds_old_turns_and_reaches_the_next_prompt(chat_setup) 
 
 def test_quota_blocks_with_429_naming_the_quota_and_the_reset(chat_setup) -> None:
     Quota.objects.create(team=chat_setup["team"], user=None, daily_tokens=10)
-    Usage.objects.create(team=chat_setup["team"], user=chat_setup["user"], model_name="x",
-                         day=time.strftime("%Y-%m-%d", time.gmtime()), tokens_in=8, tokens_out=5)  # fmt: skip
+    Usage.objects.create(
+        team=chat_setup["team"],
+        user=chat_setup["user"],
+        model_name="x",
+        day=time.strftime("%Y-%m-%d", time.gmtime()),
+        tokens_in=8,
+        tokens_out=5,
+    )
     conversation = new_conversation(chat_setup, chat_setup["plain_assistant"])
-    response = chat_setup["client"].post(f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hi"},
-                                         format="json")  # fmt: skip
+    response = chat_setup["client"].post(
+        f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hi"}, format="json"
+    )
     assert response.status_code == 429
     assert "team's daily quota of 10 tokens" in response.json()["error"]["message"]
     assert "resets at" in response.json()["error"]["message"]
@@ -233,8 +262,9 @@ def test_the_model_down_is_a_503_or_an_error_event_and_nothing_half_saved(team) 
     conversation = conversation_create(
         team=team, owner=user, assistant=assistant_create(team=team, name="down", llm=llm)
     )
-    response = bearer_client(user, team).post(f"/api/v1/conversations/{conversation.pk}/messages/",
-                                              {"content": "hello"}, format="json")  # fmt: skip
+    response = bearer_client(user, team).post(
+        f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hello"}, format="json"
+    )
     assert response.status_code == 503
     assert "did not answer" in response.json()["error"]["message"]
     assert not Message.objects.filter(conversation=conversation, role="assistant").exists()
@@ -269,8 +299,9 @@ def test_file_chat_searches_files_dropped_into_the_conversation(chat_setup) -> N
     conversation = new_conversation(chat_setup, chat_setup["plain_assistant"])
     upload = io.BytesIO(b"The secret launch code of the harbour crane is PELICAN-42.")
     upload.name = "crane.txt"
-    response = chat_setup["client"].post(f"/api/v1/conversations/{conversation.pk}/files/", {"file": [upload]},
-                                         format="multipart")  # fmt: skip
+    response = chat_setup["client"].post(
+        f"/api/v1/conversations/{conversation.pk}/files/", {"file": [upload]}, format="multipart"
+    )
     assert response.status_code == 201, response.json()
     conversation.refresh_from_db()
     files_kb = conversation.file_knowledge_base
@@ -286,8 +317,11 @@ def test_file_chat_searches_files_dropped_into_the_conversation(chat_setup) -> N
 
 def test_other_teams_reach_nothing(chat_setup, other_team, outsider) -> None:
     conversation = new_conversation(chat_setup, chat_setup["kb_assistant"])
-    answer = chat_setup["client"].post(f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hi"},
-                                       format="json").json()  # fmt: skip
+    answer = (
+        chat_setup["client"]
+        .post(f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hi"}, format="json")
+        .json()
+    )
     stranger = bearer_client(outsider, other_team)
     assert stranger.get("/api/v1/conversations/").json()["results"] == []
     assert stranger.get("/api/v1/assistants/").json()["results"] == []
@@ -304,8 +338,9 @@ def test_other_teams_reach_nothing(chat_setup, other_team, outsider) -> None:
         assert getattr(stranger, method)(path, body, format="json").status_code == 404, (method, path)
     events = stream(key_for(outsider, other_team), conversation.pk, "hi")
     assert events[0][:2] == ("http", 404)
-    own = stranger.post("/api/v1/conversations/", {"assistant": chat_setup["kb_assistant"].pk, "team": other_team.pk},
-                        format="json")  # fmt: skip
+    own = stranger.post(
+        "/api/v1/conversations/", {"assistant": chat_setup["kb_assistant"].pk, "team": other_team.pk}, format="json"
+    )
     assert own.status_code == 400
     # A teammate who is not the owner does not see a personal conversation either.
     teammate = bearer_client(member_of(chat_setup["team"], Role.MEMBER), chat_setup["team"])

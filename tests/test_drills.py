@@ -55,17 +55,25 @@ def api_chat(scene: drills.Scene, content: str) -> drills.ChatReply:
     client.raise_request_exception = False  # a 500 is an answer the drill records, not a crash of the test
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {scene.api_key}")
     started = time.monotonic()
-    response = client.post(f"/api/v1/conversations/{scene.conversation_id}/messages/", {"content": content},
-                           format="json")  # fmt: skip
-    return drills.ChatReply.of(response.status_code, response.get("Content-Type", ""), response.content.decode(),
-                               time.monotonic() - started)  # fmt: skip
+    response = client.post(
+        f"/api/v1/conversations/{scene.conversation_id}/messages/", {"content": content}, format="json"
+    )
+    return drills.ChatReply.of(
+        response.status_code, response.get("Content-Type", ""), response.content.decode(), time.monotonic() - started
+    )
 
 
 @pytest.fixture
 def stack(xinference: XinferenceServer, celery_worker: WorkerProcess) -> drills.Stack:
-    return drills.Stack(var_dir=settings.VAR_DIR, xinference=xinference, kill_worker=celery_worker.kill,
-                        start_worker=celery_worker.start, chat=api_chat, lease_s=WORKER_LEASE_S,
-                        tick=BeatStandIn())  # fmt: skip
+    return drills.Stack(
+        var_dir=settings.VAR_DIR,
+        xinference=xinference,
+        kill_worker=celery_worker.kill,
+        start_worker=celery_worker.start,
+        chat=api_chat,
+        lease_s=WORKER_LEASE_S,
+        tick=BeatStandIn(),
+    )
 
 
 @pytest.fixture
@@ -100,8 +108,9 @@ def test_xinference_stopped_mid_ingestion_chat_is_503_then_recovers_by_itself(
     stack: drills.Stack, scene_for, xinference: XinferenceServer
 ) -> None:
     try:
-        result = checked(drills.drill_xinference_outage(stack, scene_for("xinference"), documents=DOCUMENTS,
-                                                        outage_s=OUTAGE_S))  # fmt: skip
+        result = checked(
+            drills.drill_xinference_outage(stack, scene_for("xinference"), documents=DOCUMENTS, outage_s=OUTAGE_S)
+        )
     finally:
         # Later tests expect the session's Xinference to serve both models, whatever happened here.
         xinference.launch_default_models()

@@ -38,10 +38,14 @@ INGEST_TIMEOUT_S = 180
 def embedding_model(team, endpoint: str, *, launch: bool = True) -> ModelRegistration:
     provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
     registration = registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
         launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()), dimensions=384,
-    )  # fmt: skip
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        dimensions=384,
+    )
     return registration_launch(registration=registration) if launch else registration
 
 
@@ -217,13 +221,15 @@ def test_bad_files_are_refused_at_upload(setup, name: str, data: bytes, reason: 
 
 def test_archives_are_expanded_with_guards(setup) -> None:
     client, kb, _model = setup
-    archive = zip_bytes({
-        "docs/guide.md": samples()["guide.md"],
-        "../../escape/notes.txt": samples()["notes.txt"],
-        "inner.zip": zip_bytes({"a.txt": b"nested"}),
-        "bomb.txt": b"0" * 2_000_000,
-        "picture.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
-    })  # fmt: skip
+    archive = zip_bytes(
+        {
+            "docs/guide.md": samples()["guide.md"],
+            "../../escape/notes.txt": samples()["notes.txt"],
+            "inner.zip": zip_bytes({"a.txt": b"nested"}),
+            "bomb.txt": b"0" * 2_000_000,
+            "picture.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 100,
+        }
+    )
     response = upload(client, kb, {"bundle.zip": archive})
     assert response.status_code == 201, response.json()
     assert sorted(document["original_name"] for document in response.json()["documents"]) == ["guide.md", "notes.txt"]
@@ -238,11 +244,15 @@ def test_archives_are_expanded_with_guards(setup) -> None:
 
 def test_broken_documents_fail_with_a_reason_and_the_worker_goes_on(setup) -> None:
     client, kb, _model = setup
-    response = upload(client, kb, {
-        "corrupt.pdf": b"%PDF-1.7\n" + b"garbage " * 300,
-        "locked.pdf": pdf_bytes([FACT_EN], password="s3cret"),
-        "scan.pdf": pdf_bytes([""]),
-    })  # fmt: skip
+    response = upload(
+        client,
+        kb,
+        {
+            "corrupt.pdf": b"%PDF-1.7\n" + b"garbage " * 300,
+            "locked.pdf": pdf_bytes([FACT_EN], password="s3cret"),
+            "scan.pdf": pdf_bytes([""]),
+        },
+    )
     ids = [document["id"] for document in response.json()["documents"]]
     wait_until(lambda: all_settled(ids))
     errors = {document.original_name: document.error for document in Document.objects.filter(pk__in=ids)}
@@ -286,8 +296,10 @@ def test_ingestion_waits_and_retries_while_the_embedding_model_is_unreachable(te
 
 def test_rebuild_swaps_generations_without_downtime(setup) -> None:
     client, kb, _model = setup
-    ids = [item["id"] for item in upload(client, kb, {n: samples()[n] for n in ("notes.txt", "guide.md")}).json()[
-        "documents"]]  # fmt: skip
+    ids = [
+        item["id"]
+        for item in upload(client, kb, {n: samples()[n] for n in ("notes.txt", "guide.md")}).json()["documents"]
+    ]
     wait_until(lambda: all_settled(ids))
     response = client.post(f"/api/v1/knowledge-bases/{kb.pk}/rebuild/", {"chunk_size": 300}, format="json")
     assert response.status_code == 202
@@ -328,9 +340,18 @@ def test_dispatch_is_fair_between_teams(team, other_team) -> None:
     def queued(for_team, count: int) -> list[int]:
         model = embedding_model(for_team, "http://127.0.0.1:1", launch=False)
         kb = KnowledgeBase.objects.create(team=for_team, name=f"kb-{for_team.pk}", embedding_model=model)
-        return [Document.objects.create(knowledge_base=kb, team=for_team, original_name=f"{n}.txt", file=f"x/{n}",
-                                        sha256=f"{for_team.pk}-{n}", size_bytes=1, content_type="text").pk
-                for n in range(count)]  # fmt: skip
+        return [
+            Document.objects.create(
+                knowledge_base=kb,
+                team=for_team,
+                original_name=f"{n}.txt",
+                file=f"x/{n}",
+                sha256=f"{for_team.pk}-{n}",
+                size_bytes=1,
+                content_type="text",
+            ).pk
+            for n in range(count)
+        ]
 
     busy = queued(team, 50)
     small = queued(other_team, 1)
@@ -438,18 +459,27 @@ def test_search_can_rerank_with_a_rerank_registration(setup, tmp_path: Path) -> 
     ids = [item["id"] for item in upload(client, kb, files).json()["documents"]]
     wait_until(lambda: all_settled(ids))
     spec, launch = build_tiny_reranker(tmp_path / "reranker")
-    reranker = registration_launch(registration=registration_create(
-        provider=model.provider, kind="rerank", name="tiny", provider_model_uid=TINY_RERANKER_UID,
-        launch_spec=launch, custom_spec=spec))  # fmt: skip
+    reranker = registration_launch(
+        registration=registration_create(
+            provider=model.provider,
+            kind="rerank",
+            name="tiny",
+            provider_model_uid=TINY_RERANKER_UID,
+            launch_spec=launch,
+            custom_spec=spec,
+        )
+    )
     try:
         plain = search(client, kb, "lighthouse cats", mode="hybrid", top_k=3)
         reranked = search(client, kb, "lighthouse cats", mode="hybrid", top_k=3, rerank_model=reranker.pk)
         # The tiny model's scores mean nothing; what matters is that they come from it.
-        assert {hit["chunk_id"] for hit in reranked} <= {hit["chunk_id"] for hit in search(
-            client, kb, "lighthouse cats", mode="hybrid", top_k=12)}  # fmt: skip
+        assert {hit["chunk_id"] for hit in reranked} <= {
+            hit["chunk_id"] for hit in search(client, kb, "lighthouse cats", mode="hybrid", top_k=12)
+        }
         assert [hit["score"] for hit in reranked] != [hit["score"] for hit in plain]
-        foreign = client.post(f"/api/v1/knowledge-bases/{kb.pk}/search/",
-                              {"query": "x", "rerank_model": model.pk}, format="json")  # fmt: skip
+        foreign = client.post(
+            f"/api/v1/knowledge-bases/{kb.pk}/search/", {"query": "x", "rerank_model": model.pk}, format="json"
+        )
         assert foreign.status_code == 400
     finally:
         registration_terminate(registration=reranker)
@@ -469,14 +499,25 @@ def test_indexing_resumes_where_a_killed_worker_stopped_and_touches_no_other_kno
     for name in ("Big", "Small"):
         kbs[name] = kb = kb_create(team=team, name=name, embedding_model=model)
         document = Document.objects.create(
-            knowledge_base=kb, team=team, original_name="a.txt", sha256=name[0] * 64, size_bytes=1,
-            content_type="text/plain", status="ready", file=ContentFile(b"x", name="a.txt"),
-        )  # fmt: skip
+            knowledge_base=kb,
+            team=team,
+            original_name="a.txt",
+            sha256=name[0] * 64,
+            size_bytes=1,
+            content_type="text/plain",
+            status="ready",
+            file=ContentFile(b"x", name="a.txt"),
+        )
         for ordinal in range(12):
             Chunk.objects.create(
-                knowledge_base=kb, document=document, generation=kb.generation, ordinal=ordinal,
-                text=f"passage {ordinal}", dims=384, embedding=rng.standard_normal(384).tolist(),
-            )  # fmt: skip
+                knowledge_base=kb,
+                document=document,
+                generation=kb.generation,
+                ordinal=ordinal,
+                text=f"passage {ordinal}",
+                dims=384,
+                embedding=rng.standard_normal(384).tolist(),
+            )
     big = kbs["Big"]
     # What a worker killed part-way leaves: the switch made, the first batch marked.
     KnowledgeBase.objects.filter(pk=big.pk).update(vector_index=VectorIndex.BUILDING)

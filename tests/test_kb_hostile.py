@@ -46,8 +46,12 @@ PACKAGES: dict[str, Callable[[], bytes]] = {
     "epub": epub_bytes,
 }
 MEDIA_DIR = {"docx": "word/media", "xlsx": "xl/media", "pptx": "ppt/media", "epub": "OEBPS"}
-MAIN_PART = {"docx": "word/document.xml", "xlsx": "xl/workbook.xml", "pptx": "ppt/presentation.xml",
-             "epub": "OEBPS/ch2.xhtml"}  # fmt: skip
+MAIN_PART = {
+    "docx": "word/document.xml",
+    "xlsx": "xl/workbook.xml",
+    "pptx": "ppt/presentation.xml",
+    "epub": "OEBPS/ch2.xhtml",
+}
 
 
 # --- building hostile packages ----------------------------------------------------------------
@@ -125,9 +129,13 @@ def test_a_markdown_heading_with_a_long_run_of_blanks_is_read_at_once(tmp_path: 
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-c", script, str(path)], cwd=BASE_DIR, capture_output=True, timeout=60, check=True,
+            [sys.executable, "-c", script, str(path)],
+            cwd=BASE_DIR,
+            capture_output=True,
+            timeout=60,
+            check=True,
             env={**os.environ, "DJANGO_SETTINGS_MODULE": "chatplatform.settings"},
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("parsing one markdown line of 20,000 blanks took over a minute")
     sections = json.loads(done.stdout)
@@ -169,8 +177,12 @@ def nested_html(tag: str, depth: int, filler: str) -> tuple[str, list[str]]:
         "th": lambda text: f"<table><tr><th>{text}",
         "dd": lambda text: f"<dl><dt>term</dt><dd>{text}",
     }[tag]
-    closing = {"blockquote": "</blockquote>", "td": "</td></tr></table>", "th": "</th></tr></table>",
-               "dd": "</dd></dl>"}[tag]  # fmt: skip
+    closing = {
+        "blockquote": "</blockquote>",
+        "td": "</td></tr></table>",
+        "th": "</th></tr></table>",
+        "dd": "</dd></dl>",
+    }[tag]
     body = "".join(opening(f"{marker} {filler}") for marker in markers) + closing * depth
     return f"<html><body><h1>Nested</h1>{body}<p>after</p></body></html>", markers
 
@@ -222,8 +234,10 @@ def test_a_zip_bomb_inside_a_document_fails_it_with_a_reason(tmp_path: Path, kin
 def test_a_document_of_honest_sizes_is_still_read(tmp_path: Path, kind: str) -> None:
     # Incompressible media of a few MB and small parts that compress well are what real
     # documents hold: none of that is refused.
-    document = repack(PACKAGES[kind](), extra={f"{MEDIA_DIR[kind]}/photo.bin": os.urandom(3 * MB),
-                                               f"{MEDIA_DIR[kind]}/small.xml": b" " * 100_000})  # fmt: skip
+    document = repack(
+        PACKAGES[kind](),
+        extra={f"{MEDIA_DIR[kind]}/photo.bin": os.urandom(3 * MB), f"{MEDIA_DIR[kind]}/small.xml": b" " * 100_000},
+    )
     path = write(tmp_path, f"honest.{kind}", document)
     assert parse(path, kind, path.name)
 
@@ -231,12 +245,18 @@ def test_a_document_of_honest_sizes_is_still_read(tmp_path: Path, kind: str) -> 
 @pytest.mark.parametrize(
     ("limits", "extra", "reason"),
     [
-        ({"KB_MAX_UPLOAD_BYTES": MB}, {"ppt/media/video.bin": 2 * MB},
-         r"video\.bin expands to more than the limit of 1 MB"),
-        ({"KB_MAX_ARCHIVE_BYTES": 4 * MB}, {f"ppt/media/{n}.bin": 2 * MB for n in range(3)},
-         "expands to more than 4 MB"),
+        (
+            {"KB_MAX_UPLOAD_BYTES": MB},
+            {"ppt/media/video.bin": 2 * MB},
+            r"video\.bin expands to more than the limit of 1 MB",
+        ),
+        (
+            {"KB_MAX_ARCHIVE_BYTES": 4 * MB},
+            {f"ppt/media/{n}.bin": 2 * MB for n in range(3)},
+            "expands to more than 4 MB",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_document_that_declares_too_much_is_refused_before_it_is_read(
     tmp_path: Path, settings, limits: dict[str, int], extra: dict[str, int], reason: str
 ) -> None:
@@ -302,17 +322,25 @@ def kb_without_model_server(team) -> KnowledgeBase:
 
 def stored_document(kb: KnowledgeBase, name: str, content: bytes, kind: str, **fields: object) -> Document:
     return Document.objects.create(
-        knowledge_base=kb, team=kb.team, original_name=name, sha256=hashlib.sha256(content).hexdigest(),
-        size_bytes=len(content), content_type=kind, file=ContentFile(content, name=name), **fields,
-    )  # fmt: skip
+        knowledge_base=kb,
+        team=kb.team,
+        original_name=name,
+        sha256=hashlib.sha256(content).hexdigest(),
+        size_bytes=len(content),
+        content_type=kind,
+        file=ContentFile(content, name=name),
+        **fields,
+    )
 
 
 @pytest.mark.django_db(transaction=True)
 def test_zip_bombs_uploaded_as_documents_fail_with_their_reason(team, celery_worker: WorkerProcess) -> None:
     kb = kb_without_model_server(team)
     client = bearer_client(member_of(team, Role.MEMBER), team)
-    bombs = {f"bomb.{kind}": repack(build(), extra={f"{MEDIA_DIR[kind]}/padding.bin": 32 * MB})
-             for kind, build in PACKAGES.items()}  # fmt: skip
+    bombs = {
+        f"bomb.{kind}": repack(build(), extra={f"{MEDIA_DIR[kind]}/padding.bin": 32 * MB})
+        for kind, build in PACKAGES.items()
+    }
     response = upload(client, kb, bombs)
     assert response.status_code == 201, response.json()
     ids = [document["id"] for document in response.json()["documents"]]
@@ -366,9 +394,16 @@ def test_dispatch_fails_a_document_whose_worker_died_on_its_last_attempt(team, o
 
     def held(name: str, attempts: int, status: str) -> Document:
         return stored_document(
-            kb, name, name.encode(), "text", status=status, attempts=attempts,
-            dispatched_at=expired, dispatch_token=uuid.uuid4(), lease_expires_at=expired,
-        )  # fmt: skip
+            kb,
+            name,
+            name.encode(),
+            "text",
+            status=status,
+            attempts=attempts,
+            dispatched_at=expired,
+            dispatch_token=uuid.uuid4(),
+            lease_expires_at=expired,
+        )
 
     poison = held("poison.txt", 3, DocumentStatus.EMBEDDING)
     unlucky = held("unlucky.txt", 2, DocumentStatus.PARSING)  # one attempt left: back in line

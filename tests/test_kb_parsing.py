@@ -16,10 +16,20 @@ from models_registry import embedded_xinference
 from tests.documents import FACT_EN, FACT_ZH, pdf_bytes, samples, write
 
 EXPECTED_KINDS = {
-    "notes.txt": "text", "guide.md": "markdown", "page.html": "html", "report.pdf": "pdf", "notes.docx": "docx",
-    "slides.pptx": "pptx", "census.xlsx": "xlsx", "census.csv": "csv", "record.json": "json",
-    "records.jsonl": "jsonl", "mail.eml": "eml", "book.epub": "epub", "中文.txt": "text",
-}  # fmt: skip
+    "notes.txt": "text",
+    "guide.md": "markdown",
+    "page.html": "html",
+    "report.pdf": "pdf",
+    "notes.docx": "docx",
+    "slides.pptx": "pptx",
+    "census.xlsx": "xlsx",
+    "census.csv": "csv",
+    "record.json": "json",
+    "records.jsonl": "jsonl",
+    "mail.eml": "eml",
+    "book.epub": "epub",
+    "中文.txt": "text",
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_KINDS))
@@ -104,9 +114,15 @@ def test_corrupt_and_encrypted_pdfs_fail_with_a_reason(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "clean"),
-    [("../../etc/passwd.txt", "passwd.txt"), ("..\\..\\boot.ini", "boot.ini"), (".hidden.md", "hidden.md"),
-     ("a\x00b<c>.txt", "a_b_c_.txt"), ("", "unnamed"), ("报告 2026.pdf", "报告 2026.pdf")],
-)  # fmt: skip
+    [
+        ("../../etc/passwd.txt", "passwd.txt"),
+        ("..\\..\\boot.ini", "boot.ini"),
+        (".hidden.md", "hidden.md"),
+        ("a\x00b<c>.txt", "a_b_c_.txt"),
+        ("", "unnamed"),
+        ("报告 2026.pdf", "报告 2026.pdf"),
+    ],
+)
 def test_names_are_sanitised(raw: str, clean: str) -> None:
     assert sanitize_name(raw) == clean
 

@@ -41,18 +41,26 @@ def xinference_provider(team, endpoint: str) -> Provider:
 
 def register_llm(provider: Provider) -> ModelRegistration:
     return registration_create(
-        provider=provider, kind="llm", name="SmolLM2", provider_model_uid=embedded_xinference.LLM_UID,
-        launch_spec=embedded_xinference.llm_launch(), custom_spec=embedded_xinference.llm_spec(VENV),
+        provider=provider,
+        kind="llm",
+        name="SmolLM2",
+        provider_model_uid=embedded_xinference.LLM_UID,
+        launch_spec=embedded_xinference.llm_launch(),
+        custom_spec=embedded_xinference.llm_spec(VENV),
         context_length=8192,
-    )  # fmt: skip
+    )
 
 
 def register_embedding(provider: Provider) -> ModelRegistration:
     return registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(), custom_spec=embedded_xinference.embedding_spec(VENV),
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        launch_spec=embedded_xinference.embedding_launch(),
+        custom_spec=embedded_xinference.embedding_spec(VENV),
         dimensions=384,
-    )  # fmt: skip
+    )
 
 
 def test_families_list_builtin_and_our_custom_models(xinference: XinferenceServer) -> None:
@@ -92,9 +100,12 @@ def test_launch_chat_embed_terminate_and_launch_again(team, xinference: Xinferen
 def test_a_refused_launch_keeps_xinferences_message_and_backs_off(team, xinference: XinferenceServer) -> None:
     provider = xinference_provider(team, xinference.endpoint)
     registration = registration_create(
-        provider=provider, kind="llm", name="Missing", provider_model_uid="missing-model",
+        provider=provider,
+        kind="llm",
+        name="Missing",
+        provider_model_uid="missing-model",
         launch_spec={"model_name": "no-such-model-family", "model_engine": "llama.cpp", "model_format": "ggufv2"},
-    )  # fmt: skip
+    )
     with pytest.raises(ProviderRefused) as refused:
         registration_launch(registration=registration)
     registration.refresh_from_db()
@@ -125,9 +136,12 @@ def test_the_openai_compatible_provider_lists_chats_and_embeds_but_cannot_launch
         provider=provider, kind="llm", name="chat", provider_model_uid=embedded_xinference.LLM_UID
     )
     embedding = registration_create(
-        provider=provider, kind="embedding", name="emb", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        provider=provider,
+        kind="embedding",
+        name="emb",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
         dimensions=384,
-    )  # fmt: skip
+    )
     assert llm.keep_running is False
     assert registration_test(registration=llm).detail.startswith("answered")
     assert "384-dimensional" in registration_test(registration=embedding).detail
@@ -141,9 +155,13 @@ def test_rerank_path_with_a_tiny_reranker(team, xinference: XinferenceServer, tm
     spec, launch = build_tiny_reranker(tmp_path / "tiny-reranker")
     provider = xinference_provider(team, xinference.endpoint)
     registration = registration_create(
-        provider=provider, kind="rerank", name="tiny", provider_model_uid=TINY_RERANKER_UID,
-        launch_spec=launch, custom_spec=spec,
-    )  # fmt: skip
+        provider=provider,
+        kind="rerank",
+        name="tiny",
+        provider_model_uid=TINY_RERANKER_UID,
+        launch_spec=launch,
+        custom_spec=spec,
+    )
     try:
         registration_launch(registration=registration)
         from langchain_core.documents import Document
@@ -171,11 +189,17 @@ def test_langchain_objects_are_built_once_and_rebuilt_after_an_edit(team, xinfer
 
 def test_lora_adapters_become_xinferences_peft_config() -> None:
     payload = launch_payload(
-        uid="qwen-lora", kind="llm",
-        launch_spec={"model_name": "qwen2.5-instruct", "model_engine": "vllm", "n_gpu": 1, "replica": 2,
-                     "download_hub": "modelscope",
-                     "lora_adapters": [{"name": "sql", "path": "/models/swift/output/checkpoint-100"}]},
-    )  # fmt: skip
+        uid="qwen-lora",
+        kind="llm",
+        launch_spec={
+            "model_name": "qwen2.5-instruct",
+            "model_engine": "vllm",
+            "n_gpu": 1,
+            "replica": 2,
+            "download_hub": "modelscope",
+            "lora_adapters": [{"name": "sql", "path": "/models/swift/output/checkpoint-100"}],
+        },
+    )
     assert payload["peft_model_config"] == {
         "lora_list": [{"lora_name": "sql", "local_path": "/models/swift/output/checkpoint-100"}]
     }
@@ -294,8 +318,11 @@ def test_api_answers_503_naming_an_unreachable_endpoint_and_400_with_a_refusal(
     assert endpoint in response.json()["error"]["message"]
     refused = registration_create(
         provider=provider_create(team=team, name="real", kind="xinference", endpoint=xinference.endpoint),
-        kind="llm", name="bad", provider_model_uid="bad", launch_spec={"model_name": "no-such-family"},
-    )  # fmt: skip
+        kind="llm",
+        name="bad",
+        provider_model_uid="bad",
+        launch_spec={"model_name": "no-such-family"},
+    )
     response = admin.post(f"/api/v1/models/{refused.pk}/launch/")
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "provider_refused"
@@ -323,8 +350,10 @@ def test_models_are_healed_after_xinference_is_killed_and_restarted(
     team, xinference: XinferenceServer, celery_worker_process: str
 ) -> None:
     provider = xinference_provider(team, xinference.endpoint)
-    registrations = [registration_launch(registration=register_llm(provider)),
-                     registration_launch(registration=register_embedding(provider))]  # fmt: skip
+    registrations = [
+        registration_launch(registration=register_llm(provider)),
+        registration_launch(registration=register_embedding(provider)),
+    ]
     xinference.kill()
     reconcile.delay()
     wait_for(lambda: all(status == ModelStatus.UNREACHABLE for status in statuses(registrations)), timeout=60)

@@ -187,19 +187,31 @@ def test_operator_configured_providers_are_not_checked(team) -> None:
 @pytest.mark.parametrize(
     ("status", "content_type", "body", "reason"),
     [
-        (400, "application/json", b'{"detail": "[address=0.0.0.0:4123, pid=9] Model not found, uid: m"}',
-         "Model not found, uid: m"),
-        (500, "application/json", b'{"error": {"message": "see http://10.0.0.5:9997/admin or 10.0.0.5:9997"}}',
-         "see <url> or <address>"),
+        (
+            400,
+            "application/json",
+            b'{"detail": "[address=0.0.0.0:4123, pid=9] Model not found, uid: m"}',
+            "Model not found, uid: m",
+        ),
+        (
+            500,
+            "application/json",
+            b'{"error": {"message": "see http://10.0.0.5:9997/admin or 10.0.0.5:9997"}}',
+            "see <url> or <address>",
+        ),
         (404, "text/html", b"<html><p>internal dashboard</p></html>", "Not Found"),
         (502, "application/json", b'{"secrets": "not a message field"}', "Bad Gateway"),
         (400, "text/plain", "tab\there\u202e\u200bzero\x00width\nsecond line".encode(), "tab here zero width"),
         (400, "text/plain", b"word " * 60, "word " * 19 + "word..."),
-        (301, "text/html", b"<a href='http://169.254.169.254/'>moved</a>",
-         "the server redirected elsewhere (301), which is not followed: "
-         "set the endpoint to the address it redirects to"),
+        (
+            301,
+            "text/html",
+            b"<a href='http://169.254.169.254/'>moved</a>",
+            "the server redirected elsewhere (301), which is not followed: "
+            "set the endpoint to the address it redirects to",
+        ),
     ],
-)  # fmt: skip
+)
 def test_an_upstream_error_is_cut_to_a_short_sanitised_reason(
     status: int, content_type: str, body: bytes, reason: str
 ) -> None:

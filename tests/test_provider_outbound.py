@@ -120,9 +120,16 @@ class Handler(BaseHTTPRequestHandler):
     def _chat(self, request: dict[str, Any]) -> None:
         base = {"id": "c1", "created": 0, "model": "m"}
         if not request.get("stream"):
-            self._json({**base, "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
-            ], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})  # fmt: skip
+            self._json(
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+            )
             return
         deltas = [({"role": "assistant", "content": "OK"}, None), ({}, "stop")]
         chunks = [

@@ -64,8 +64,9 @@ def test_a_reservation_settles_into_usage_and_a_dead_calls_expires(team) -> None
     with pytest.raises(QuotaExceeded, match="your daily quota of 1000 tokens"):
         quota_check(team_id=team.pk, user_id=user.pk)
     # The answer used 150 tokens: the rest of the hold comes back.
-    usage_record(team_id=team.pk, user_id=user.pk, model_name="m", tokens_in=100, tokens_out=150,
-                 reservation_id=first.id)  # fmt: skip
+    usage_record(
+        team_id=team.pk, user_id=user.pk, model_name="m", tokens_in=100, tokens_out=150, reservation_id=first.id
+    )
     assert not QuotaReservation.objects.filter(pk=first.id).exists()
     assert Usage.objects.get(team=team, user=user).tokens_out == 150
     second = quota_reserve(team_id=team.pk, user_id=user.pk, prompt_tokens=100, answer_tokens=900)

@@ -87,8 +87,9 @@ def test_the_lockout_holds_through_the_real_server(live_asgi_url: str) -> None:
         def attempt(password: str) -> httpx.Response:
             browser.get("/login/")
             token = browser.cookies["csrftoken"]
-            return browser.post("/login/", data={"username": user.username, "password": password,
-                                                 "csrfmiddlewaretoken": token})  # fmt: skip
+            return browser.post(
+                "/login/", data={"username": user.username, "password": password, "csrfmiddlewaretoken": token}
+            )
 
         assert [attempt("wrong").status_code for _ in range(4)] == [200] * 4
         locked = attempt("wrong")
@@ -106,15 +107,17 @@ def manage(args: list[str], **environment: str) -> subprocess.CompletedProcess[s
     """manage.py in a fresh process with only these settings (no embedded servers started: the
     URLs point at nothing, and neither check nor shell connects)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO", "DATABASE", "REDIS"))}
-    env.update({
-        "DATABASE_URL": "postgres://chatplatform:change-me@127.0.0.1:1/chatplatform",
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "SECRET_KEY": "change-me",
-        "CHATPLATFORM_ADMIN_PASSWORD": "change-me",
-        "DEBUG": "false",
-        "CSRF_TRUSTED_ORIGINS": "",
-        "LOG_LEVEL": "WARNING",
-    })  # fmt: skip
+    env.update(
+        {
+            "DATABASE_URL": "postgres://chatplatform:change-me@127.0.0.1:1/chatplatform",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "SECRET_KEY": "change-me",
+            "CHATPLATFORM_ADMIN_PASSWORD": "change-me",
+            "DEBUG": "false",
+            "CSRF_TRUSTED_ORIGINS": "",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     env.update(environment)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120
@@ -150,8 +153,9 @@ def test_production_refuses_the_example_placeholders() -> None:
     assert any(
         line.startswith("?: (chatplatform.E003) CHATPLATFORM_ADMIN_PASSWORD is the placeholder") for line in lines
     )
-    assert any(line.startswith("?: (chatplatform.E004) the database password") and "'change-me'" in line
-               for line in lines)  # fmt: skip
+    assert any(
+        line.startswith("?: (chatplatform.E004) the database password") and "'change-me'" in line for line in lines
+    )
 
     empty = probe(SECRET_KEY="", CHATPLATFORM_ADMIN_PASSWORD="", DATABASE_URL="postgres://cp@db:5432/cp")["errors"]
     assert [error.split(" ")[0] for error in empty] == ["chatplatform.E001", "chatplatform.E004"]

@@ -40,10 +40,16 @@ def platform_env(var_dir: Path, port: int, **extra: str) -> dict[str, str]:
         if key not in ("DATABASE_URL", "REDIS_URL", "XINFERENCE_ENDPOINT", "XINFERENCE_EMBEDDED_VENV")
     }
     env.update(
-        {"CHATPLATFORM_VAR_DIR": str(var_dir), "PORT": str(port), "XINFERENCE_PORT": str(free_port()),
-         "WORKER_CONCURRENCY": "2", "MODELS_RECONCILE_INTERVAL_S": "5", "HEALTHZ_TOKEN": HEALTHZ_TOKEN},
+        {
+            "CHATPLATFORM_VAR_DIR": str(var_dir),
+            "PORT": str(port),
+            "XINFERENCE_PORT": str(free_port()),
+            "WORKER_CONCURRENCY": "2",
+            "MODELS_RECONCILE_INTERVAL_S": "5",
+            "HEALTHZ_TOKEN": HEALTHZ_TOKEN,
+        },
         **extra,
-    )  # fmt: skip
+    )
     return env
 
 
@@ -122,8 +128,9 @@ def running_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
     port = free_port()
     started = time.monotonic()
     # `make run` in its own session, as a terminal would run it: Ctrl-C then reaches the whole group.
-    process = subprocess.Popen(["make", "--no-print-directory", "run"], cwd=BASE_DIR,
-                               env=platform_env(var_dir, port), start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"], cwd=BASE_DIR, env=platform_env(var_dir, port), start_new_session=True
+    )
     try:
         wait_healthy(port)
         yield RunningPlatform(process, var_dir, port, time.monotonic() - started)
@@ -136,15 +143,21 @@ def test_first_start_is_healthy_with_every_component(running_platform: RunningPl
     status, body = healthz(running_platform.port)
     assert status == 200
     assert {name for name, component in body["components"].items() if component["status"] == "ok"} == {
-        "database", "pgvector", "broker", "workers", "xinference",
-    }  # fmt: skip
+        "database",
+        "pgvector",
+        "broker",
+        "workers",
+        "xinference",
+    }
     assert body["components"]["xinference"]["models"] == {
-        "all-minilm-l6-v2": "running", "smollm2-135m-instruct": "running",
-    }  # fmt: skip
+        "all-minilm-l6-v2": "running",
+        "smollm2-135m-instruct": "running",
+    }
     # What the supervisor, Docker and load balancers see: the same 200, each status alone.
     assert healthz(running_platform.port, details=False) == (
-        200, {"status": "ok", "components": {name: {"status": "ok"} for name in body["components"]}},
-    )  # fmt: skip
+        200,
+        {"status": "ok", "components": {name: {"status": "ok"} for name in body["components"]}},
+    )
     print(f"first make run healthy, both models running, after {running_platform.startup_s:.1f}s")
 
 
@@ -157,9 +170,13 @@ def test_the_admin_can_log_in_with_the_printed_password(running_platform: Runnin
 
 def test_a_second_start_on_the_same_var_is_refused(running_platform: RunningPlatform) -> None:
     second = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "chatplatform.supervisor"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=platform_env(running_platform.var_dir, free_port()),
-    )  # fmt: skip
+    )
     assert second.returncode != 0
     assert "already running" in second.stderr
     assert healthz(running_platform.port)[0] == 200
@@ -167,9 +184,13 @@ def test_a_second_start_on_the_same_var_is_refused(running_platform: RunningPlat
 
 def test_a_taken_port_is_one_line_naming_it(running_platform: RunningPlatform, tmp_path: Path) -> None:
     other = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "chatplatform.supervisor"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=platform_env(tmp_path / "var", running_platform.port),
-    )  # fmt: skip
+    )
     assert other.returncode == 2
     assert other.stderr.strip().splitlines() == [
         f"[supervisor] error: port {running_platform.port} on 127.0.0.1 is taken: stop what uses it or set PORT"
@@ -228,9 +249,11 @@ def test_a_later_start_reuses_everything_and_sigterm_leaves_no_process(running_p
     assert running_platform.process.poll() is not None
     started = time.monotonic()
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, start_new_session=True,
+        [sys.executable, "-m", "chatplatform.supervisor"],
+        cwd=BASE_DIR,
+        start_new_session=True,
         env=platform_env(running_platform.var_dir, running_platform.port),
-    )  # fmt: skip
+    )
     try:
         wait_healthy(running_platform.port)
         print(f"later start healthy after {time.monotonic() - started:.1f}s")
@@ -255,9 +278,13 @@ def test_malformed_configuration_is_one_line_and_non_zero(
     tmp_path: Path, variable: str, value: str, expected: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "chatplatform.supervisor"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=platform_env(tmp_path / "var", free_port(), **{variable: value}),
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -266,9 +293,13 @@ def test_malformed_configuration_is_one_line_and_non_zero(
 
 def test_unreachable_database_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"], cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "chatplatform.supervisor"],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=platform_env(tmp_path / "var", free_port(), DATABASE_URL=f"postgres://app@127.0.0.1:{free_port()}/chat"),
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

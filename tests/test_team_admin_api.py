@@ -250,14 +250,25 @@ def test_malformed_requests_get_4xx_in_the_error_shape(team) -> None:
     client = bearer_client(admin, team)
     cases = [
         (client.post("/api/v1/assistants/", "[1,2", content_type="application/json"), 400, "parse_error"),
-        (client.post("/api/v1/assistants/", json.dumps({"name": "x", "top-k": 3}), content_type="application/json"),
-         400, "invalid"),
-        (session_client(admin).post("/api/v1/api-keys/", {"name": "x", "scopes": "read"}, format="json"), 400,
-         "invalid"),
+        (
+            client.post("/api/v1/assistants/", json.dumps({"name": "x", "top-k": 3}), content_type="application/json"),
+            400,
+            "invalid",
+        ),
+        (
+            session_client(admin).post("/api/v1/api-keys/", {"name": "x", "scopes": "read"}, format="json"),
+            400,
+            "invalid",
+        ),
         (client.get("/api/v1/assistants/", {"cursor": "garbage"}), 400, "invalid"),
-        (client.post("/api/v1/assistants/", json.dumps({"name": "x" * (11 * 1024 * 1024)}),
-                     content_type="application/json"), 413, "too_large"),
-    ]  # fmt: skip
+        (
+            client.post(
+                "/api/v1/assistants/", json.dumps({"name": "x" * (11 * 1024 * 1024)}), content_type="application/json"
+            ),
+            413,
+            "too_large",
+        ),
+    ]
     for response, status, code in cases:
         assert response.status_code == status, response.content[:300]
         assert response.json()["error"]["code"] == code

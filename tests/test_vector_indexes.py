@@ -77,14 +77,25 @@ def document_of(team: Team, endpoint: str, name: str = "theirs") -> Document:
     starts from, with nothing scheduled for them."""
     provider = Provider.objects.create(team=team, name=name, kind=ProviderKind.XINFERENCE, endpoint=endpoint)
     model = ModelRegistration.objects.create(
-        team=team, provider=provider, kind=ModelKind.EMBEDDING, name=name,
-        provider_model_uid=embedded_xinference.EMBEDDING_UID, dimensions=DIMS, keep_running=False,
-    )  # fmt: skip
+        team=team,
+        provider=provider,
+        kind=ModelKind.EMBEDDING,
+        name=name,
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        dimensions=DIMS,
+        keep_running=False,
+    )
     kb = KnowledgeBase.objects.create(team=team, name=name, embedding_model=model)
     return Document.objects.create(
-        knowledge_base=kb, team=team, original_name="a.txt", sha256="a" * 64, size_bytes=1,
-        content_type="text/plain", status="ready", file=ContentFile(b"x", name="a.txt"),
-    )  # fmt: skip
+        knowledge_base=kb,
+        team=team,
+        original_name="a.txt",
+        sha256="a" * 64,
+        size_bytes=1,
+        content_type="text/plain",
+        status="ready",
+        file=ContentFile(b"x", name="a.txt"),
+    )
 
 
 def insert_chunk(session: psycopg.Connection, document: Document, ordinal: int) -> None:
@@ -102,10 +113,16 @@ def register_through_the_api(client, team: Team, endpoint: str, *, name: str, di
     assert provider.status_code == 201, provider.json()
     model = client.post(
         "/api/v1/models/",
-        {"provider": provider.json()["id"], "kind": "embedding", "name": name, "keep_running": False,
-         "provider_model_uid": embedded_xinference.EMBEDDING_UID, "dimensions": dimensions},
+        {
+            "provider": provider.json()["id"],
+            "kind": "embedding",
+            "name": name,
+            "keep_running": False,
+            "provider_model_uid": embedded_xinference.EMBEDDING_UID,
+            "dimensions": dimensions,
+        },
         format="json",
-    )  # fmt: skip
+    )
     assert model.status_code == 201, model.json()
     return int(model.json()["id"])
 
@@ -193,11 +210,16 @@ def test_a_claimed_dimension_the_model_does_not_return_creates_no_index(
 
     # A model nobody can reach is never probed, so its claim builds nothing either.
     unreachable = ModelRegistration.objects.create(
-        team=team, provider=Provider.objects.create(
+        team=team,
+        provider=Provider.objects.create(
             team=team, name="gone", kind=ProviderKind.XINFERENCE, endpoint=f"http://127.0.0.1:{free_port()}"
         ),
-        kind=ModelKind.EMBEDDING, name="gone", provider_model_uid="gone", dimensions=1024, keep_running=False,
-    )  # fmt: skip
+        kind=ModelKind.EMBEDDING,
+        name="gone",
+        provider_model_uid="gone",
+        dimensions=1024,
+        keep_running=False,
+    )
     with pytest.raises(openai.APIConnectionError):
         vector_index_ensure(model=unreachable)
     assert index_state(1024) == "missing"

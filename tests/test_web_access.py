@@ -34,24 +34,44 @@ def world(team: Any, other_team: Any) -> dict[str, Any]:
     owner = member_of(team, Role.MEMBER)
     kb = kb_create(team=team, name="Docs", embedding_model=embedding)
     document = Document.objects.create(
-        knowledge_base=kb, team=team, original_name="page.html", sha256="0" * 64, size_bytes=40,
-        content_type="text/html", status="ready",
+        knowledge_base=kb,
+        team=team,
+        original_name="page.html",
+        sha256="0" * 64,
+        size_bytes=40,
+        content_type="text/html",
+        status="ready",
         file=ContentFile(b"<script>alert(1)</script>", name="page.html"),
-    )  # fmt: skip
+    )
     chunk = Chunk.objects.create(
-        knowledge_base=kb, document=document, generation=kb.generation, ordinal=0, text="The vault key is blue.",
-        dims=384, embedding=[0.1] * 384,
-    )  # fmt: skip
+        knowledge_base=kb,
+        document=document,
+        generation=kb.generation,
+        ordinal=0,
+        text="The vault key is blue.",
+        dims=384,
+        embedding=[0.1] * 384,
+    )
     private = conversation_create(team=team, owner=owner, assistant=assistant)
     room = conversation_create(team=team, owner=owner, assistant=assistant, is_room=True)
-    answer = Message.objects.create(conversation=private, role="assistant", content="Blue [1].",
-                                    citations=[{"index": 1, "chunk_id": chunk.pk, "document_name": "page.html",
-                                                "score": 0.9, "cited": True}])  # fmt: skip
+    answer = Message.objects.create(
+        conversation=private,
+        role="assistant",
+        content="Blue [1].",
+        citations=[{"index": 1, "chunk_id": chunk.pk, "document_name": "page.html", "score": 0.9, "cited": True}],
+    )
     return {
-        "team": team, "owner": owner, "viewer": member_of(team, Role.VIEWER), "teammate": member_of(team),
-        "outsider": member_of(other_team, Role.OWNER), "private": private, "room": room, "answer": answer,
-        "document": document, "chunk": chunk,
-    }  # fmt: skip
+        "team": team,
+        "owner": owner,
+        "viewer": member_of(team, Role.VIEWER),
+        "teammate": member_of(team),
+        "outsider": member_of(other_team, Role.OWNER),
+        "private": private,
+        "room": room,
+        "answer": answer,
+        "document": document,
+        "chunk": chunk,
+    }
 
 
 def pages(world: dict[str, Any]) -> list[str]:

@@ -34,10 +34,14 @@ XSS_TEXT = (
 def embedding_model(team, endpoint: str) -> ModelRegistration:
     provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
     return registration_create(
-        provider=provider, kind="embedding", name="MiniLM", provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
         launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()), dimensions=384,
-    )  # fmt: skip
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        dimensions=384,
+    )
 
 
 def client_for(user) -> Client:
@@ -103,9 +107,16 @@ def test_a_knowledge_base_of_a_team_the_user_is_not_in_is_not_found(handbook, ou
 def test_creating_in_a_team_the_user_is_not_in_is_not_found(team, other_team, offline_model) -> None:
     admin = member_of(other_team, Role.ADMIN)
     response = client_for(admin).post(
-        reverse("web:kb-create"), {"team": team.pk, "name": "Intruder", "embedding_model": offline_model.pk,
-                                   "splitter": "recursive", "chunk_size": 800, "chunk_overlap": 100},
-    )  # fmt: skip
+        reverse("web:kb-create"),
+        {
+            "team": team.pk,
+            "name": "Intruder",
+            "embedding_model": offline_model.pk,
+            "splitter": "recursive",
+            "chunk_size": 800,
+            "chunk_overlap": 100,
+        },
+    )
     assert response.status_code == 404
     assert not KnowledgeBase.objects.filter(name="Intruder").exists()
 
@@ -115,9 +126,16 @@ def test_an_embedding_model_of_another_team_is_not_a_choice(team, other_team, of
     admin = member_of(team, Role.ADMIN)
     foreign = embedding_model(other_team, f"http://127.0.0.1:{free_port()}")
     response = client_for(admin).post(
-        reverse("web:kb-create"), {"team": team.pk, "name": "Borrowed", "embedding_model": foreign.pk,
-                                   "splitter": "recursive", "chunk_size": 800, "chunk_overlap": 100},
-    )  # fmt: skip
+        reverse("web:kb-create"),
+        {
+            "team": team.pk,
+            "name": "Borrowed",
+            "embedding_model": foreign.pk,
+            "splitter": "recursive",
+            "chunk_size": 800,
+            "chunk_overlap": 100,
+        },
+    )
     assert response.status_code == 400
     assert response.context["form"].errors["embedding_model"]
     assert not KnowledgeBase.objects.filter(name="Borrowed").exists()
@@ -132,9 +150,16 @@ def test_viewers_and_members_cannot_create_as_in_the_api(team, offline_model, ro
     assert page.context["can_create"] is False
     assert b'data-testid="kb-create-form"' not in page.content
     response = client.post(
-        reverse("web:kb-create"), {"team": team.pk, "name": "Mine", "embedding_model": offline_model.pk,
-                                   "splitter": "recursive", "chunk_size": 800, "chunk_overlap": 100},
-    )  # fmt: skip
+        reverse("web:kb-create"),
+        {
+            "team": team.pk,
+            "name": "Mine",
+            "embedding_model": offline_model.pk,
+            "splitter": "recursive",
+            "chunk_size": 800,
+            "chunk_overlap": 100,
+        },
+    )
     assert response.status_code == 403
     assert not KnowledgeBase.objects.filter(name="Mine").exists()
 
@@ -144,15 +169,26 @@ def test_an_admin_creates_one_and_a_taken_name_is_a_form_error(team, offline_mod
     client = client_for(member_of(team, Role.ADMIN))
     page = client.get(reverse("web:kb-list"))
     assert b'data-testid="kb-create-form"' in page.content
-    form = {"team": team.pk, "name": "Runbooks", "description": "On call.", "embedding_model": offline_model.pk,
-            "splitter": "headings", "chunk_size": 400, "chunk_overlap": 40}  # fmt: skip
+    form = {
+        "team": team.pk,
+        "name": "Runbooks",
+        "description": "On call.",
+        "embedding_model": offline_model.pk,
+        "splitter": "headings",
+        "chunk_size": 400,
+        "chunk_overlap": 40,
+    }
     response = client.post(reverse("web:kb-create"), form)
     kb = KnowledgeBase.objects.get(team=team, name="Runbooks")
     assert response.status_code == 302
     assert response["Location"] == reverse("web:kb-detail", args=[kb.pk])
     assert (kb.description, kb.embedding_model_id, kb.splitter, kb.chunk_size, kb.chunk_overlap) == (
-        "On call.", offline_model.pk, "headings", 400, 40
-    )  # fmt: skip
+        "On call.",
+        offline_model.pk,
+        "headings",
+        400,
+        40,
+    )
     again = client.post(reverse("web:kb-create"), form)
     assert again.status_code == 400
     assert "already" in " ".join(again.context["form"].non_field_errors())

