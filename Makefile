@@ -49,7 +49,7 @@ bench: $(VENV)/.dev
 # minute, PostgreSQL restarted, each during a 200-document ingestion; prints a report, exits 1 on a
 # problem. Its own var/ (var/drills); tests/test_drills.py runs them small inside `make test`.
 drills: $(VENV)/.dev
-	$(PY) bench/drills.py
+	$(PY) tests/drills.py
 
 # 50 chat streams at once through the web tier, against a model server that stands in for a GPU.
 bench-streams: $(VENV)/.dev

@@ -20,7 +20,7 @@ from run import (
     document_ranks,
     ingest_and_wait,
     known_item_questions,
-    launch_embedding_model,
+    launch_offline_models,
     log,
     mrr_at,
     recall_at,
@@ -40,7 +40,7 @@ def main() -> None:
     from kb.models import Chunk, Document
     from kb.retrieval import SearchRequest, kb_search
     from kb.services import kb_create
-    from tests.xinference_server import XinferenceServer
+    from realservices.xinference import XinferenceServer
 
     files = corpus()
     questions = known_item_questions(files)
@@ -53,7 +53,7 @@ def main() -> None:
     rows = []
     try:
         run_name = f"chunking-{time.time():.0f}"
-        _provider, model = launch_embedding_model(team, server, run_name)
+        _llm, model = launch_offline_models(team, server, run_name)
         worker = start_ingest_worker()
         for chunking in CHUNKINGS.split(","):
             splitter, size, overlap = chunking.split(":")

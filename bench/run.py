@@ -196,24 +196,14 @@ def mrr_at(ranks: list[int | None], k: int) -> float:
     return sum(1 / rank for rank in ranks if rank is not None and rank <= k) / len(ranks)
 
 
-def launch_embedding_model(team, server, name: str):  # type: ignore[no-untyped-def]
-    """A provider for the bench's Xinference and MiniLM registered and launched on it."""
-    from models_registry import embedded_xinference
-    from models_registry.services import provider_create, registration_create, registration_launch
+def launch_offline_models(team, server, name: str):  # type: ignore[no-untyped-def]
+    """SmolLM2 and MiniLM registered on the bench's Xinference; MiniLM launched (SmolLM2 is
+    launched after ingestion, so that it does not take CPU from it)."""
+    from models_registry.services import registration_launch
+    from realservices.offline_models import offline_models_on
 
-    provider = provider_create(team=team, name=name, kind="xinference", endpoint=server.endpoint)
-    model = registration_launch(
-        registration=registration_create(
-            provider=provider,
-            kind="embedding",
-            name="MiniLM",
-            provider_model_uid=embedded_xinference.EMBEDDING_UID,
-            launch_spec=embedded_xinference.embedding_launch(),
-            custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-            dimensions=384,
-        )
-    )
-    return provider, model
+    llm, embedding = offline_models_on(team, server.endpoint, provider_name=name)
+    return llm, registration_launch(registration=embedding)
 
 
 def start_ingest_worker() -> subprocess.Popen[bytes]:
@@ -221,7 +211,7 @@ def start_ingest_worker() -> subprocess.Popen[bytes]:
     from django.conf import settings
     from django.db import connection
 
-    from tests.conftest import database_url_of, wait_for_worker
+    from realservices.workers import database_url_of, wait_for_worker
 
     env = {**os.environ, "DATABASE_URL": database_url_of(connection.settings_dict), "REDIS_URL": settings.REDIS_URL}
     worker = subprocess.Popen(
@@ -279,10 +269,9 @@ def main() -> None:
     from kb.models import Chunk, Document
     from kb.retrieval import SearchRequest, kb_search
     from kb.services import kb_create, kb_index_vectors
-    from models_registry import embedded_xinference
     from models_registry.langchain_models import embeddings_for
-    from models_registry.services import registration_create, registration_launch
-    from tests.xinference_server import XinferenceServer
+    from models_registry.services import registration_launch
+    from realservices.xinference import XinferenceServer
 
     files = corpus()
     plain_python = bench_venv()
@@ -294,7 +283,7 @@ def main() -> None:
     worker = None
     try:
         name = f"bench-{time.time():.0f}"
-        provider, model = launch_embedding_model(team, server, name)
+        llm, model = launch_offline_models(team, server, name)
         kb = kb_create(team=team, name=name, embedding_model=model)
         worker = start_ingest_worker()
 
@@ -358,16 +347,7 @@ def main() -> None:
         log(f"retrieval quality: {len(questions)} known-item questions, before any padding")
         quality = retrieval_quality(kb, questions, documents, plain["quality_sources"])
         log(f"chat: time to first token, platform versus a direct model call; then {CONCURRENT_STREAMS} streams")
-        llm = registration_launch(
-            registration=registration_create(
-                provider=provider,
-                kind="llm",
-                name="SmolLM2",
-                provider_model_uid=embedded_xinference.LLM_UID,
-                launch_spec=embedded_xinference.llm_launch(),
-                custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir()),
-            )
-        )
+        llm = registration_launch(registration=llm)
         chat = chat_latency(team, kb, llm, query_texts)
 
         log("search latency at the corpus size, then padded to 10k and 100k chunks")

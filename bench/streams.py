@@ -112,7 +112,7 @@ def main() -> None:
     from accounts.services import api_key_create, platform_bootstrap
     from chat.services import assistant_create, conversation_create
     from models_registry.services import provider_create, registration_create
-    from tests.conftest import database_url_of
+    from realservices.workers import database_url_of
 
     call_command("migrate", verbosity=0)
     team = platform_bootstrap().team

@@ -30,10 +30,10 @@ from kb.tasks import ingest
 from models_registry import embedded_xinference
 from models_registry.models import ModelRegistration, ModelStatus
 from models_registry.services import provider_create, registration_create, registration_terminate
+from realservices.xinference import XinferenceServer, free_port
 from tests.browser import screenshot, signed_in_context
 from tests.conftest import bearer_client, member_of
 from tests.factories import TeamFactory, UserFactory
-from tests.xinference_server import XinferenceServer, free_port
 from workers.celery import app as celery_app
 
 DASHBOARD = "/admin/dashboard/"

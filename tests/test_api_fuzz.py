@@ -14,9 +14,9 @@ from accounts.services import api_key_create
 from chat.services import assistant_create
 from kb.services import kb_create
 from models_registry.services import provider_create, registration_create
+from realservices.xinference import free_port
 from tests.conftest import member_of
 from tests.factories import TeamFactory
-from tests.xinference_server import free_port
 
 schema = schemathesis.openapi.from_dict(SchemaGenerator().get_schema(request=None, public=True))
 

@@ -26,9 +26,9 @@ from kb.models import Document, KnowledgeBase
 from kb.services import kb_create
 from models_registry.models import ModelRegistration, Provider
 from models_registry.services import provider_create, registration_create
+from realservices.xinference import free_port
 from tests.conftest import member_of
 from tests.factories import TeamFactory, UserFactory
-from tests.xinference_server import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -23,36 +23,14 @@ from chat.services import assistant_create, conversation_create, turn_prepare
 from kb.models import Chunk, Document
 from kb.services import kb_create
 from models_registry import embedded_xinference
-from models_registry.models import ModelRegistration
-from models_registry.services import provider_create, registration_create, registration_launch
+from models_registry.services import registration_launch
+from realservices.offline_models import offline_models_on
+from realservices.xinference import XinferenceServer, free_port
 from tests.conftest import bearer_client, member_of
 from tests.documents import FACT_EN, samples
-from tests.xinference_server import XinferenceServer, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 VENV = embedded_xinference.default_venv_dir()
-
-
-def models_on(team, endpoint: str) -> tuple[ModelRegistration, ModelRegistration]:
-    provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
-    llm = registration_create(
-        provider=provider,
-        kind="llm",
-        name="SmolLM2",
-        provider_model_uid=embedded_xinference.LLM_UID,
-        launch_spec=embedded_xinference.llm_launch(),
-        custom_spec=embedded_xinference.llm_spec(VENV),
-    )
-    embedding = registration_create(
-        provider=provider,
-        kind="embedding",
-        name="MiniLM",
-        provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(VENV),
-        dimensions=384,
-    )
-    return llm, embedding
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 120) -> None:
@@ -66,7 +44,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 120) -> None:
 
 @pytest.fixture
 def chat_setup(team, xinference: XinferenceServer, celery_worker_process: str):
-    llm, embedding = models_on(team, xinference.endpoint)
+    llm, embedding = offline_models_on(team, xinference.endpoint)
     registration_launch(registration=llm)
     registration_launch(registration=embedding)
     kb = kb_create(team=team, name="Handbook", embedding_model=embedding)
@@ -257,7 +235,7 @@ def test_quota_blocks_with_429_naming_the_quota_and_the_reset(chat_setup) -> Non
 
 
 def test_the_model_down_is_a_503_or_an_error_event_and_nothing_half_saved(team) -> None:
-    llm, _embedding = models_on(team, f"http://127.0.0.1:{free_port()}")
+    llm, _embedding = offline_models_on(team, f"http://127.0.0.1:{free_port()}")
     user = member_of(team, Role.MEMBER)
     conversation = conversation_create(
         team=team, owner=user, assistant=assistant_create(team=team, name="down", llm=llm)

@@ -4,7 +4,7 @@ each, every document is ready (or failed with a reason), no chunk is duplicated,
 answered 201 is still there, chat answered a 503 saying what to do while the model was down, and
 it answers again without anything being restarted by hand.
 
-The drills themselves are in bench/drills.py; here this process stands in for the web (requests
+The drills themselves are in tests/drills.py; here this process stands in for the web (requests
 in process) and for beat (dispatch and reconcile ticks), and the session's worker, Xinference,
 PostgreSQL and Redis are the ones that fail. Each drill leaves them running again for later tests.
 """
@@ -18,11 +18,12 @@ from django.conf import settings
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from rest_framework.test import APIClient
 
-from bench import drills
 from kb.tasks import dispatch
 from models_registry.tasks import reconcile
-from tests.conftest import WORKER_LEASE_S, WorkerProcess
-from tests.xinference_server import XinferenceServer
+from realservices.workers import WorkerProcess
+from realservices.xinference import XinferenceServer
+from tests import drills
+from tests.conftest import WORKER_LEASE_S
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DOCUMENTS = 24  # the full drill: 200

@@ -23,29 +23,21 @@ from accounts.models import Role
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase, VectorIndex
 from kb.services import documents_dispatch, kb_create
 from kb.tasks import dispatch
-from models_registry import embedded_xinference
 from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelRegistration
-from models_registry.services import provider_create, registration_create, registration_launch
-from tests.conftest import WorkerProcess, bearer_client, member_of
+from models_registry.services import registration_create, registration_launch
+from realservices.offline_models import offline_embedding_on
+from realservices.workers import WorkerProcess
+from realservices.xinference import XinferenceServer, free_port
+from tests.conftest import bearer_client, member_of
 from tests.documents import FACT_EN, FACT_ZH, pdf_bytes, samples, zip_bytes
-from tests.xinference_server import XinferenceServer, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 INGEST_TIMEOUT_S = 180
 
 
 def embedding_model(team, endpoint: str, *, launch: bool = True) -> ModelRegistration:
-    provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
-    registration = registration_create(
-        provider=provider,
-        kind="embedding",
-        name="MiniLM",
-        provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-        dimensions=384,
-    )
+    registration = offline_embedding_on(team, endpoint)
     return registration_launch(registration=registration) if launch else registration
 
 
@@ -452,7 +444,7 @@ def test_admins_upload_several_files_in_the_admin_console(team) -> None:
 
 def test_search_can_rerank_with_a_rerank_registration(setup, tmp_path: Path) -> None:
     from models_registry.services import registration_terminate
-    from tests.xinference_server import TINY_RERANKER_UID, build_tiny_reranker
+    from realservices.xinference import TINY_RERANKER_UID, build_tiny_reranker
 
     client, kb, model = setup
     files = {name: samples()[name] for name in ("notes.txt", "guide.md")}

@@ -33,10 +33,11 @@ from kb.models import Document, DocumentStatus, KnowledgeBase
 from kb.parsing import ParseError, UnsupportedFile, detect_type, parse
 from kb.services import document_process, documents_dispatch
 from kb.uploads import expand_archive
-from tests.conftest import BASE_DIR, WorkerProcess, bearer_client, member_of
+from realservices.workers import BASE_DIR, WorkerProcess
+from realservices.xinference import XinferenceServer
+from tests.conftest import bearer_client, member_of
 from tests.documents import docx_bytes, epub_bytes, pptx_bytes, samples, write, xlsx_bytes
 from tests.test_kb import all_settled, embedding_model, upload, wait_until
-from tests.xinference_server import XinferenceServer
 
 MB = 1024 * 1024
 PACKAGES: dict[str, Callable[[], bytes]] = {

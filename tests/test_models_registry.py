@@ -27,9 +27,9 @@ from models_registry.services import (
     registration_test,
 )
 from models_registry.tasks import reconcile
+from realservices.xinference import TINY_RERANKER_UID, XinferenceServer, build_tiny_reranker, free_port
 from tests.conftest import bearer_client, member_of
 from tests.factories import UserFactory
-from tests.xinference_server import TINY_RERANKER_UID, XinferenceServer, build_tiny_reranker, free_port
 
 pytestmark = pytest.mark.django_db
 VENV = embedded_xinference.default_venv_dir()

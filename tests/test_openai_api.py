@@ -18,9 +18,9 @@ from chat.services import assistant_create
 from kb.models import Chunk
 from models_registry.langchain_models import embeddings_for
 from models_registry.services import provider_create, registration_create
+from realservices.xinference import free_port
 from tests.conftest import member_of
 from tests.test_chat import chat_setup  # noqa: F401  (the fixture)
-from tests.xinference_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

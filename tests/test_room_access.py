@@ -16,8 +16,8 @@ from accounts.models import Membership, Role, User
 from accounts.services import membership_remove, membership_set
 from chat.models import Conversation
 from chat.services import assistant_create, conversation_create, room_message_post
+from realservices.offline_models import offline_models_on
 from tests.conftest import member_of
-from tests.test_chat import models_on
 from tests.test_web_access import _headers
 from web.consumers import ACCESS_ENDED_CODE, ACCESS_ENDED_MESSAGE, DEMOTED_MESSAGE, VIEWER_MESSAGE
 
@@ -29,7 +29,7 @@ PUSH_WITHIN_S = 2.0
 
 @pytest.fixture
 def room(team: Any) -> Conversation:
-    llm, _embedding = models_on(team, "http://127.0.0.1:9")
+    llm, _embedding = offline_models_on(team, "http://127.0.0.1:9")
     assistant = assistant_create(team=team, name="Helper", llm=llm)
     return conversation_create(team=team, owner=member_of(team, Role.OWNER), assistant=assistant, is_room=True)
 

@@ -216,7 +216,7 @@ def test_the_teams_keys_share_the_team_limit(team) -> None:
 
 
 def test_api_keys_still_work_while_redis_is_down_and_are_limited_again_after(team, settings, caplog) -> None:
-    from tests.xinference_server import free_port
+    from realservices.xinference import free_port
 
     member = member_of(team, Role.MEMBER)
     _key, secret = api_key_create(user=member, team=team, name="steady", rate_limit_per_minute=2)

@@ -26,8 +26,9 @@ from kb.services import kb_index_vectors, vector_index_ensure
 from kb.vector_indexes import embedding_expression, index_name, index_predicate, vector_index_build
 from models_registry import embedded_xinference
 from models_registry.models import ModelEvent, ModelKind, ModelRegistration, Provider, ProviderKind
-from tests.conftest import WorkerProcess, bearer_client, database_url_of, member_of
-from tests.xinference_server import XinferenceServer, free_port
+from realservices.workers import WorkerProcess, database_url_of
+from realservices.xinference import XinferenceServer, free_port
+from tests.conftest import bearer_client, member_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DIMS = 384  # what all-MiniLM-L6-v2 returns

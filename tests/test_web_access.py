@@ -17,8 +17,8 @@ from chat.models import Message
 from chat.services import assistant_create, conversation_create
 from kb.models import Chunk, Document
 from kb.services import kb_create
+from realservices.offline_models import offline_models_on
 from tests.conftest import member_of
-from tests.test_chat import models_on
 from web.consumers import mentions_assistant
 from web.markdown import render_markdown
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def world(team: Any, other_team: Any) -> dict[str, Any]:
     """A team with a private conversation, a room, a document and its chunk; a member, a viewer and
     another team's owner."""
-    llm, embedding = models_on(team, "http://127.0.0.1:9")
+    llm, embedding = offline_models_on(team, "http://127.0.0.1:9")
     assistant = assistant_create(team=team, name="Helper", llm=llm)
     owner = member_of(team, Role.MEMBER)
     kb = kb_create(team=team, name="Docs", embedding_model=embedding)

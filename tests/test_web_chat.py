@@ -193,10 +193,10 @@ def test_two_members_in_a_team_room_see_each_other_and_the_streamed_answer(
 def test_hostile_answers_render_as_text_and_outside_images_do_not_load(
     team: Any, browser: Any, live_asgi_url: str
 ) -> None:
-    from tests.test_chat import models_on
+    from realservices.offline_models import offline_models_on
 
     user = member_of(team, Role.MEMBER)
-    llm, _embedding = models_on(team, "http://127.0.0.1:9")
+    llm, _embedding = offline_models_on(team, "http://127.0.0.1:9")
     from chat.services import assistant_create
 
     assistant = assistant_create(team=team, name="Quiet", llm=llm)

@@ -15,13 +15,13 @@ from accounts.models import Role
 from accounts.services import membership_set
 from kb.models import Document, KnowledgeBase
 from kb.services import documents_upload, kb_create
-from models_registry import embedded_xinference
 from models_registry.models import ModelRegistration
-from models_registry.services import provider_create, registration_create, registration_launch
+from models_registry.services import registration_launch
+from realservices.offline_models import offline_embedding_on
+from realservices.xinference import XinferenceServer, free_port
 from tests.browser import screenshot, signed_in_context
 from tests.conftest import member_of
 from tests.documents import FACT_EN, samples
-from tests.xinference_server import XinferenceServer, free_port
 
 INGEST_TIMEOUT_MS = 180_000
 XSS_PHRASE = "Purple giraffes graze beside the observatory on Tuesdays."
@@ -29,19 +29,6 @@ XSS_TEXT = (
     f'{XSS_PHRASE}\n\n<script>window.__xss=1</script>\n<img src=x onerror="window.__xss=2">\n'
     "The end of the hostile sample."
 )
-
-
-def embedding_model(team, endpoint: str) -> ModelRegistration:
-    provider = provider_create(team=team, name=f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
-    return registration_create(
-        provider=provider,
-        kind="embedding",
-        name="MiniLM",
-        provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-        dimensions=384,
-    )
 
 
 def client_for(user) -> Client:
@@ -60,7 +47,7 @@ def upload_file(kb: KnowledgeBase, name: str, data: bytes) -> None:
 @pytest.fixture
 def offline_model(team) -> ModelRegistration:
     """A registration nothing calls: the pages only read it (no document is ingested here)."""
-    return embedding_model(team, f"http://127.0.0.1:{free_port()}")
+    return offline_embedding_on(team, f"http://127.0.0.1:{free_port()}")
 
 
 @pytest.fixture
@@ -81,7 +68,7 @@ def test_anonymous_visitors_are_sent_to_the_login_page(handbook) -> None:
 
 @pytest.mark.django_db
 def test_the_list_shows_the_current_teams_knowledge_bases_with_counts(team, other_team, handbook, member) -> None:
-    other_model = embedding_model(other_team, f"http://127.0.0.1:{free_port()}")
+    other_model = offline_embedding_on(other_team, f"http://127.0.0.1:{free_port()}")
     kb_create(team=other_team, name="Secret plans", embedding_model=other_model)
     upload_file(handbook, "one.txt", b"First document.")
     upload_file(handbook, "two.txt", b"Second document.")
@@ -124,7 +111,7 @@ def test_creating_in_a_team_the_user_is_not_in_is_not_found(team, other_team, of
 @pytest.mark.django_db
 def test_an_embedding_model_of_another_team_is_not_a_choice(team, other_team, offline_model) -> None:
     admin = member_of(team, Role.ADMIN)
-    foreign = embedding_model(other_team, f"http://127.0.0.1:{free_port()}")
+    foreign = offline_embedding_on(other_team, f"http://127.0.0.1:{free_port()}")
     response = client_for(admin).post(
         reverse("web:kb-create"),
         {
@@ -227,7 +214,7 @@ def test_document_names_and_failure_reasons_are_escaped(team, handbook, member) 
 @pytest.mark.django_db
 def test_a_link_into_another_of_the_users_teams_switches_the_team(team, other_team, handbook, member) -> None:
     membership_set(team=other_team, user=member, role=Role.VIEWER)
-    other_model = embedding_model(other_team, f"http://127.0.0.1:{free_port()}")
+    other_model = offline_embedding_on(other_team, f"http://127.0.0.1:{free_port()}")
     elsewhere = kb_create(team=other_team, name="Elsewhere", embedding_model=other_model)
     client = client_for(member)
     client.post(reverse("web:switch-team"), {"team": team.pk})
@@ -287,7 +274,7 @@ def csp_violations(messages: list[str]) -> list[str]:
 def test_upload_follow_progress_hit_test_and_open_the_source(
     team, xinference: XinferenceServer, celery_worker_process: str, live_asgi_url: str, browser: Any
 ) -> None:
-    model = registration_launch(registration=embedding_model(team, xinference.endpoint))
+    model = registration_launch(registration=offline_embedding_on(team, xinference.endpoint))
     admin = member_of(team, Role.ADMIN)
     context = signed_in_context(browser, live_asgi_url, admin)
     page = context.new_page()

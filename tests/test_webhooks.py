@@ -27,8 +27,8 @@ from integrations.services import webhook_create, webhook_deliver, webhook_emit,
 from kb.models import Document, DocumentStatus
 from kb.services import document_mark_ready, document_retry_later, kb_create
 from models_registry.services import provider_create, registration_create
+from realservices.xinference import free_port
 from tests.conftest import bearer_client, member_of
-from tests.xinference_server import free_port
 
 ALL_EVENTS = ["document.ready", "document.failed", "conversation.created", "message.completed"]
 

@@ -43,16 +43,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-# Run as a script, bench/ is on the path and the repository root is not.
+# Run as a script, tests/ is on the path and the repository root is not.
 sys.path.insert(0, str(BASE_DIR))
 
-from tests.process_groups import kill_group, stop_group  # noqa: E402  (after the path is set)
+from realservices.processes import kill_group, stop_group  # noqa: E402  (after the path is set)
 
 if TYPE_CHECKING:
     from accounts.models import Team, User
     from kb.models import KnowledgeBase
     from models_registry.models import ModelRegistration
-    from tests.xinference_server import XinferenceServer
+    from realservices.xinference import XinferenceServer
 
 DRILLS_DIR = BASE_DIR / "var" / "drills"
 QUESTION = "What does the harbour log say about the lantern?"
@@ -280,9 +280,9 @@ def models_launch(team: Team, endpoint: str) -> tuple[ModelRegistration, ModelRe
     """SmolLM2 and MiniLM on the drills' Xinference, launched, and so kept running: the reconcile
     task relaunches them when they are gone."""
     from models_registry.services import registration_launch
-    from tests.test_chat import models_on
+    from realservices.offline_models import offline_models_on
 
-    llm, embedding = models_on(team, endpoint)
+    llm, embedding = offline_models_on(team, endpoint)
     return registration_launch(registration=llm), registration_launch(registration=embedding)
 
 
@@ -867,8 +867,8 @@ def main() -> int:
 
     from accounts.services import platform_bootstrap
     from chatplatform.supervisor import Config, child_specs
-    from tests.conftest import database_url_of
-    from tests.xinference_server import XinferenceServer, free_port
+    from realservices.workers import database_url_of
+    from realservices.xinference import XinferenceServer, free_port
 
     call_command("migrate", verbosity=0)
     bootstrap = platform_bootstrap()

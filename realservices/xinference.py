@@ -15,7 +15,7 @@ import httpx
 
 from models_registry import embedded_xinference
 from models_registry.providers.xinference import XinferenceClient
-from tests.process_groups import kill_group, stop_group
+from realservices.processes import kill_group, stop_group
 
 READY_TIMEOUT_S = 180
 

@@ -1,0 +1,46 @@
+"""The two offline models (SmolLM2 and MiniLM, see OFFLINE-MODELS.md) registered on a team's
+Xinference provider: the one recipe the tests and the benchmarks use."""
+
+from __future__ import annotations
+
+from accounts.models import Team
+from models_registry import embedded_xinference
+from models_registry.models import ModelRegistration, Provider
+from models_registry.services import provider_create, registration_create
+
+
+def _provider(team: Team, endpoint: str, name: str | None) -> Provider:
+    return provider_create(team=team, name=name or f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
+
+
+def _embedding_on(provider: Provider) -> ModelRegistration:
+    return registration_create(
+        provider=provider,
+        kind="embedding",
+        name="MiniLM",
+        provider_model_uid=embedded_xinference.EMBEDDING_UID,
+        launch_spec=embedded_xinference.embedding_launch(),
+        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        dimensions=embedded_xinference.EMBEDDING_DIMENSIONS,
+    )
+
+
+def offline_embedding_on(team: Team, endpoint: str) -> ModelRegistration:
+    """MiniLM registered (not launched) on a new Xinference provider of `team` at `endpoint`."""
+    return _embedding_on(_provider(team, endpoint, None))
+
+
+def offline_models_on(
+    team: Team, endpoint: str, *, provider_name: str | None = None
+) -> tuple[ModelRegistration, ModelRegistration]:
+    """SmolLM2 and MiniLM registered (not launched) on a new Xinference provider of `team`."""
+    provider = _provider(team, endpoint, provider_name)
+    llm = registration_create(
+        provider=provider,
+        kind="llm",
+        name="SmolLM2",
+        provider_model_uid=embedded_xinference.LLM_UID,
+        launch_spec=embedded_xinference.llm_launch(),
+        custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir()),
+    )
+    return llm, _embedding_on(provider)
