@@ -498,12 +498,14 @@ def turn_finish(
     total_ms: int | None = None,
     completion_tokens: int | None = None,
     prompt_tokens: int | None = None,
+    metered: bool | None = None,
 ) -> Message:
     """Save the answer as it ended (complete, stopped, failed), meter usage, and schedule the
     summary and title work."""
     tokens_out = completion_tokens if completion_tokens is not None else estimate_tokens(content)
     tokens_in = prompt_tokens if prompt_tokens is not None else turn.prompt_tokens
-    called_model = turn.canned_answer is None and status != MessageStatus.FAILED
+    # `metered`: the engine knows whether the model wrote anything (chat.engine.AnswerOutcome).
+    called_model = metered if metered is not None else turn.canned_answer is None and status != MessageStatus.FAILED
     Message.objects.filter(pk=turn.assistant_message_id).update(
         content=content,
         status=status,

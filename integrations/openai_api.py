@@ -9,14 +9,13 @@ memory budget keeps the newest turns that fit, and nothing is stored but usage."
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import struct
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,6 +34,7 @@ from accounts.models import ApiKey, Role, Scope, Team, User
 from accounts.permissions import ApiKeyScopePermission
 from accounts.quotas import quota_check, quota_release, usage_record
 from accounts.selectors import has_team_role
+from chat.engine import AnswerEngine, AnswerOutcome, finish_reason_of
 from chat.memory import estimate_tokens, recent_window
 from chat.models import Assistant
 from chat.services import (
@@ -326,11 +326,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def _finish_reason(metadata: dict[str, Any] | None) -> str:
-    reason = (metadata or {}).get("finish_reason") or "stop"
-    return reason if reason in ("stop", "length", "content_filter") else "stop"
-
-
 def completion_answer(completion: Completion) -> dict[str, Any]:
     """The whole answer at once; 503 when the model is down."""
     plan = completion.plan
@@ -348,7 +343,7 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
         usage = getattr(answer, "usage_metadata", None) or {}
         prompt_tokens = usage.get("input_tokens") or plan.prompt_tokens
         completion_tokens = usage.get("output_tokens") or estimate_tokens(content)
-        finish = _finish_reason(answer.response_metadata)
+        finish = finish_reason_of(answer.response_metadata)
         usage_record(
             team_id=plan.team_id,
             user_id=plan.user_id,
@@ -431,22 +426,36 @@ def _sse(body: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-class CompletionStream:
-    """Chunks in OpenAI's format from the model's stream, whose first chunk was already read (so
-    that a model that is down answers 503 before any byte is sent). Usage is recorded however the
-    stream ends, the client's disconnect included; that also closes the upstream stream, which
-    stops the model."""
+def _completion_engine(completion: Completion) -> AnswerEngine:
+    """The engine for a /v1 completion: stateless, so its end only meters the usage."""
+    plan = completion.plan
 
-    def __init__(self, completion: Completion, upstream: AsyncGenerator[Any, None] | None, first: Any) -> None:
+    async def meter(outcome: AnswerOutcome) -> dict[str, Any]:
+        if outcome.called_model:
+            await sync_to_async(usage_record)(
+                team_id=plan.team_id,
+                user_id=plan.user_id,
+                model_name=plan.llm.name,
+                tokens_in=outcome.prompt_tokens,
+                tokens_out=outcome.completion_tokens,
+                reservation_id=plan.reservation_id,
+            )
+        else:
+            await sync_to_async(quota_release)(reservation_id=plan.reservation_id)
+        return {}
+
+    return AnswerEngine(plan=plan, finish=meter, model_kwargs=completion.model_kwargs)
+
+
+class CompletionStream:
+    """The answering engine's events as `chat.completion.chunk`s. The engine was started (its
+    first piece read) before any byte is sent, so that a model that is down answers 503."""
+
+    def __init__(self, completion: Completion, engine: AnswerEngine) -> None:
         self.completion = completion
-        self.upstream = upstream
-        self.first = first
+        self.engine = engine
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.parts: list[str] = []
-        self.usage: dict[str, int] = {}
-        self.finish = "stop"
-        self.recorded = False
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> bytes:
         return _sse(
@@ -460,31 +469,24 @@ class CompletionStream:
             }
         )
 
-    def _take(self, piece: Any) -> str:
-        if getattr(piece, "usage_metadata", None):
-            self.usage = dict(piece.usage_metadata)
-        if getattr(piece, "response_metadata", None) and piece.response_metadata.get("finish_reason"):
-            self.finish = _finish_reason(piece.response_metadata)
-        return str(piece.content)
-
     async def events(self) -> AsyncIterator[bytes]:
-        plan = self.completion.plan
-        yield self.chunk({"role": "assistant", "content": ""}, sources=plan.sources)
-        try:
-            async with contextlib.aclosing(self._texts()) as texts:
-                async for text in texts:
-                    self.parts.append(text)
-                    yield self.chunk({"content": text})
-        except (asyncio.CancelledError, GeneratorExit):
-            await asyncio.shield(self._record())  # the client went away: meter what was generated
-            raise
-        except Exception as exc:  # the model failed mid-answer: OpenAI clients raise on an error chunk
-            message = f"the model {plan.llm.name} failed: {type(exc).__name__}: {exc}"
-            yield _sse(openai_error_body(503, message, "model_unavailable"))
-            await self._record()
+        failed = False
+        usage: dict[str, Any] = {}
+        async with contextlib.aclosing(self.engine.events()) as events:
+            async for event in events:
+                if event.kind == "sources":
+                    yield self.chunk({"role": "assistant", "content": ""}, sources=event.data["sources"])
+                elif event.kind == "token":
+                    yield self.chunk({"content": event.data["text"]})
+                elif event.kind == "error":  # OpenAI clients raise on an error chunk
+                    failed = True
+                    yield _sse(openai_error_body(503, event.data["message"], "model_unavailable"))
+                elif event.kind == "usage":
+                    usage = event.data
+        if failed:
             return
-        tokens = await self._record()
-        yield self.chunk({}, finish_reason=self.finish)
+        assert self.engine.outcome is not None
+        yield self.chunk({}, finish_reason=self.engine.outcome.finish_reason)
         if self.completion.include_usage:
             yield _sse(
                 {
@@ -493,62 +495,23 @@ class CompletionStream:
                     "created": self.created,
                     "model": self.completion.model_name,
                     "choices": [],
-                    "usage": _usage(*tokens),
+                    "usage": _usage(usage["prompt_tokens"], usage["completion_tokens"]),
                 }
             )
         yield _sse("[DONE]")
-
-    async def _texts(self) -> AsyncGenerator[str, None]:
-        if self.upstream is None:  # nothing found: the canned answer, no model call
-            yield self.completion.plan.canned_answer or ""
-            return
-        # Closing the upstream stream (also when the client goes away) stops the model.
-        async with contextlib.aclosing(self.upstream) as stream:
-            text = self._take(self.first)
-            if text:
-                yield text
-            async for piece in stream:
-                text = self._take(piece)
-                if text:
-                    yield text
-
-    async def _record(self) -> tuple[int, int]:
-        plan = self.completion.plan
-        if self.upstream is None or self.recorded:
-            return 0, 0
-        self.recorded = True
-        prompt_tokens = self.usage.get("input_tokens") or plan.prompt_tokens
-        completion_tokens = self.usage.get("output_tokens") or estimate_tokens("".join(self.parts))
-        await sync_to_async(usage_record)(
-            team_id=plan.team_id,
-            user_id=plan.user_id,
-            model_name=plan.llm.name,
-            tokens_in=prompt_tokens,
-            tokens_out=completion_tokens,
-            reservation_id=plan.reservation_id,
-        )
-        return prompt_tokens, completion_tokens
 
 
 async def _stream_completion(request: HttpRequest) -> HttpResponseBase:
     prepared = await sync_to_async(_prepare_stream)(request)
     if isinstance(prepared, HttpResponse):
         return prepared
-    plan = prepared.plan
-    upstream: AsyncGenerator[Any, None] | None = None
-    first: Any = None
-    if plan.canned_answer is None:
-        model = chat_model_for(plan.llm)
-        upstream = cast(AsyncGenerator[Any, None], model.astream(plan.prompt, **prepared.model_kwargs))
-        try:
-            first = await upstream.__anext__()
-        except Exception as exc:  # down or refusing before the first token: a plain 503
-            await upstream.aclose()
-            await sync_to_async(quota_release)(reservation_id=plan.reservation_id)
-            message = f"the model {plan.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
-            return openai_error_response(503, message, "model_unavailable")
-    stream = CompletionStream(prepared, upstream, first)
-    response = StreamingHttpResponse(stream.events(), content_type="text/event-stream")
+    engine = _completion_engine(prepared)
+    try:
+        await engine.start()
+    except ModelUnavailable as exc:  # down or refusing before the first token: a plain 503
+        await sync_to_async(quota_release)(reservation_id=prepared.plan.reservation_id)
+        return openai_error_response(503, str(exc), "model_unavailable")
+    response = StreamingHttpResponse(CompletionStream(prepared, engine).events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
