@@ -12,16 +12,14 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
-from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.api import TeamScopedModelViewSet
-from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role, Scope, User
 from accounts.permissions import key_has_scope
 from accounts.selectors import has_team_role, team_scoped
@@ -40,7 +38,7 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop
-from chatplatform.async_views import body_asks_for_stream, stream_or_rest
+from chatplatform.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
 from chatplatform.domain_errors import DomainError
 from chatplatform.errors import api_error_response
 from chatplatform.pagination import IdCursorPagination
@@ -357,19 +355,13 @@ def _error(status_code: int, code: str, message: str) -> JsonResponse:
 
 
 def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> Any:
-    """Authenticate as the REST API does (bearer key, or session with CSRF), check the body, and
-    prepare the turn; returns a PreparedTurn or an error response."""
-    # The JSON parser matters to the session path: DRF's CSRF check reads `request.POST`, which
-    # parses the body, and a Request with no parsers answers that with a 415.
-    drf_request = Request(
-        request, parsers=[JSONParser()], authenticators=[ApiKeyAuthentication(), SessionAuthentication()]
-    )
+    """Authenticate as the REST view does (drf_request_through), check the body, and prepare the
+    turn; returns a PreparedTurn or an error response."""
     try:
-        user = drf_request.user
+        drf_request = drf_request_through(RegenerateView if regenerate else ConversationMessagesView, request, pk=pk)
     except exceptions.APIException as exc:
         return api_error_response(exc)
-    if user is None or not user.is_authenticated:
-        return _error(401, "not_authenticated", "Authentication credentials were not provided.")
+    user = drf_request.user
     content = ""
     if not regenerate:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from rest_framework.request import Request
 from rest_framework.views import APIView
 
 StreamHandler = Callable[..., Awaitable[HttpResponseBase]]
@@ -24,6 +25,23 @@ def body_asks_for_stream(request: HttpRequest) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("stream") is True
+
+
+def drf_request_through(view_class: type[APIView], request: HttpRequest, **kwargs: Any) -> Request:
+    """`request` authenticated, authorized and throttled exactly as `view_class` would do it (its
+    own authentication, permission and throttle classes: bearer key or session with CSRF, the API
+    key's scope), for a stream that answers outside DRF. Raises DRF's APIException on refusal."""
+    view = view_class()
+    view.setup(request, **kwargs)
+    view.format_kwarg = None
+    drf_request = view.initialize_request(request, **kwargs)
+    view.request = drf_request
+    # APIView.initial less its content negotiation: a stream asks for text/event-stream, which no
+    # DRF renderer offers.
+    view.perform_authentication(drf_request)
+    view.check_permissions(drf_request)
+    view.check_throttles(drf_request)
+    return drf_request
 
 
 def stream_or_rest(

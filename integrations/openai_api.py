@@ -44,7 +44,7 @@ from chat.services import (
     answer_plan,
     assistant_default_for,
 )
-from chatplatform.async_views import body_asks_for_stream, stream_or_rest
+from chatplatform.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
 from chatplatform.domain_errors import DomainError, ModelUnavailable
 from models_registry.langchain_models import chat_model_for, embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
@@ -401,11 +401,8 @@ class ChatCompletionsView(OpenAIView):
 
 def _prepare_stream(request: HttpRequest) -> Completion | HttpResponse:
     """What ChatCompletionsView does before calling the model, as an error response or a plan."""
-    view = ChatCompletionsView()
-    drf_request = Request(request, authenticators=[ApiKeyAuthentication()], parsers=view.get_parsers())
     try:
-        view.request = drf_request
-        view.check_permissions(drf_request)
+        drf_request = drf_request_through(ChatCompletionsView, request)
         data = ChatCompletionRequestSerializer(data=drf_request.data)
         data.is_valid(raise_exception=True)
         user = drf_request.user
