@@ -20,7 +20,7 @@ from typing import Any, cast
 from chat.memory import estimate_tokens
 from chat.models import MessageStatus
 from chat.services import AnswerPlan
-from chatplatform.domain_errors import ModelUnavailable
+from chatplatform.domain_errors import DomainError, model_call_error
 from models_registry.langchain_models import chat_model_for
 
 STOP_CHECK_EVERY_S = 0.25
@@ -79,8 +79,9 @@ class AnswerEngine:
     outcome: AnswerOutcome | None = None  # set once the answer ended
 
     async def start(self) -> None:
-        """Call the model and read its first piece; ModelUnavailable (the stream closed, nothing
-        kept) when it does not answer. Nothing to do for a canned answer."""
+        """Call the model and read its first piece; on failure the stream is closed, nothing kept,
+        and chatplatform.domain_errors.model_call_error says why (ModelUnavailable, or the
+        configuration's own refusal). Nothing to do for a canned answer."""
         if self.plan.canned_answer is not None or self._upstream is not None:
             return
         kwargs = {"max_tokens": self.plan.max_tokens, **self.model_kwargs}
@@ -91,9 +92,7 @@ class AnswerEngine:
             self._first = None
         except Exception as exc:
             await upstream.aclose()
-            raise ModelUnavailable(
-                f"the model {self.plan.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
-            ) from exc
+            raise model_call_error(exc, self.plan.llm.name) from exc
         self._upstream = upstream
 
     async def events(self) -> AsyncGenerator[AnswerEvent, None]:
@@ -113,7 +112,8 @@ class AnswerEngine:
             raise
         except Exception as exc:  # the model failed: say so, keep what came
             status, error = MessageStatus.FAILED, f"the model {self.plan.llm.name} failed: {type(exc).__name__}: {exc}"
-            yield AnswerEvent("error", {"message": error, "code": "model_unavailable"})
+            code = exc.code if isinstance(exc, DomainError) else "model_unavailable"
+            yield AnswerEvent("error", {"message": error, "code": code})
         outcome, done = await self._end(status, error)
         yield AnswerEvent(
             "usage",

@@ -21,7 +21,7 @@ from chat import prompts
 from chat.memory import estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
-from chatplatform.domain_errors import DomainError, ModelUnavailable
+from chatplatform.domain_errors import DomainError, model_call_error
 from chatplatform.unset import UNSET, Unset, given
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
@@ -574,9 +574,7 @@ def turn_answer(*, turn: PreparedTurn) -> Message:
     except Exception as exc:
         Message.objects.filter(pk=turn.assistant_message_id).delete()
         quota_release(reservation_id=turn.reservation_id)
-        raise ModelUnavailable(
-            f"the model {turn.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
-        ) from exc
+        raise model_call_error(exc, turn.llm.name) from exc
     usage = getattr(answer, "usage_metadata", None) or {}
     elapsed = int((timezone.now() - started).total_seconds() * 1000)
     return turn_finish(

@@ -45,7 +45,7 @@ from chat.services import (
     assistant_default_for,
 )
 from chatplatform.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
-from chatplatform.domain_errors import DomainError, ModelUnavailable
+from chatplatform.domain_errors import DomainError, ModelUnavailable, model_call_error
 from models_registry.langchain_models import chat_model_for, embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
 
@@ -336,9 +336,7 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
             answer = chat_model_for(plan.llm).invoke(plan.prompt, **completion.model_kwargs)
         except Exception as exc:
             quota_release(reservation_id=plan.reservation_id)
-            raise ModelUnavailable(
-                f"the model {plan.llm.name} did not answer ({type(exc).__name__}: {exc}); try again"
-            ) from exc
+            raise model_call_error(exc, plan.llm.name) from exc
         content = str(answer.content)
         usage = getattr(answer, "usage_metadata", None) or {}
         prompt_tokens = usage.get("input_tokens") or plan.prompt_tokens
@@ -505,9 +503,9 @@ async def _stream_completion(request: HttpRequest) -> HttpResponseBase:
     engine = _completion_engine(prepared)
     try:
         await engine.start()
-    except ModelUnavailable as exc:  # down or refusing before the first token: a plain 503
+    except DomainError as exc:  # down or refusing before the first token: a plain error, no stream
         await sync_to_async(quota_release)(reservation_id=prepared.plan.reservation_id)
-        return openai_error_response(503, str(exc), "model_unavailable")
+        return openai_error_response(exc.status_code, str(exc), exc.code)
     response = StreamingHttpResponse(CompletionStream(prepared, engine).events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

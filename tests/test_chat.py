@@ -340,3 +340,24 @@ def test_every_model_call_is_metered_to_the_team(chat_setup) -> None:
     usage = Usage.objects.filter(team=chat_setup["team"]).aggregate(n=Sum("requests"), tokens=Sum("tokens_in"))
     assert usage["n"] >= 4  # two answers, one rewrite, one title
     assert usage["tokens"] > 0
+
+
+def test_a_provider_address_the_guard_refuses_is_a_400_that_says_so(team, settings) -> None:
+    """The model's endpoint now resolves to an address the server may not reach: that is the
+    configuration's fault and stays so, so the turn answers 400 naming it (not 503 'try again'),
+    on the plain and the streamed path alike, and nothing is half-saved."""
+    llm, _embedding = offline_models_on(team, f"http://127.0.0.1:{free_port()}")
+    settings.OUTBOUND_ALLOWED_NETWORKS = []  # loopback is refused at the call
+    assistant = assistant_create(team=team, name="Guarded", llm=llm)
+    user = member_of(team, Role.MEMBER)
+    conversation = conversation_create(team=team, owner=user, assistant=assistant)
+    response = bearer_client(user, team).post(
+        f"/api/v1/conversations/{conversation.pk}/messages/", {"content": "hi"}, format="json"
+    )
+    assert response.status_code == 400, response.json()
+    assert response.json()["error"]["code"] == "unsafe_url"
+    assert not Message.objects.filter(conversation=conversation, role="assistant").exists()
+    events = stream(key_for(user, team), conversation.pk, "hi again")
+    errors = [event[2] for event in events if event[0] == "error"]
+    assert errors
+    assert errors[0]["code"] == "unsafe_url"
