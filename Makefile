@@ -21,7 +21,7 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.lock
 	@touch $@
 
 run: $(VENV)/.runtime
-	@exec $(PY) -m chatplatform.supervisor
+	@exec $(PY) -m runtime.supervisor
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

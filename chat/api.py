@@ -19,7 +19,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.api import TeamScopedModelViewSet
 from accounts.models import ApiKey, Role, Scope, User
 from accounts.permissions import key_has_scope
 from accounts.selectors import has_team_role, team_scoped
@@ -38,15 +37,16 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop
-from chatplatform.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
 from chatplatform.domain_errors import DomainError
-from chatplatform.errors import api_error_response
-from chatplatform.pagination import IdCursorPagination
-from chatplatform.serializers import StrictFieldsMixin
 from kb.models import KnowledgeBase
 from kb.selectors import knowledge_bases_visible
 from kb.services import documents_upload
 from models_registry.models import ModelRegistration
+from restapi.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
+from restapi.errors import api_error_response
+from restapi.pagination import IdCursorPagination
+from restapi.serializers import StrictFieldsMixin
+from restapi.viewsets import TeamScopedModelViewSet
 
 MAX_MESSAGE_CHARS = 32_000
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, register
 
 # Values that must never reach production: docker/.env.example's, and the one the Docker image
-# uses for collectstatic. `make run` refuses them too (chatplatform.supervisor).
+# uses for collectstatic. `make run` refuses them too (runtime.supervisor).
 PLACEHOLDER_SECRETS = frozenset({"change-me", "collectstatic-build-only-not-secret"})
 GENERATE = 'python -c "import secrets; print(secrets.token_urlsafe(50))"'
 

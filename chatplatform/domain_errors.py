@@ -3,7 +3,7 @@
 
 class DomainError(Exception):
     """Its message tells the user what to do; `status_code` and `code` say how the API reports it
-    (chatplatform.errors turns it into the one error shape)."""
+    (restapi.errors turns it into the one error shape)."""
 
     status_code = 400
     code = "invalid"

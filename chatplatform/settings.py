@@ -1,7 +1,7 @@
 """Settings, every knob read from the environment (see the README's configuration table).
 
 With no DATABASE_URL or REDIS_URL the embedded PostgreSQL and Redis under CHATPLATFORM_VAR_DIR
-are held for the life of this process (chatplatform.embedded).
+are held for the life of this process (runtime.embedded).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from chatplatform import embedded
 from chatplatform.service_urls import celery_broker_url, parse_database_url, parse_redis_url
+from runtime import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -242,8 +242,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "EXCEPTION_HANDLER": "chatplatform.errors.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "chatplatform.pagination.IdCursorPagination",
+    "EXCEPTION_HANDLER": "restapi.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "restapi.pagination.IdCursorPagination",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

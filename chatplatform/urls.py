@@ -8,7 +8,7 @@ from chatplatform.health import healthz
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    # Async entry points that stream (SSE) or answer as REST (chatplatform.async_views).
+    # Async entry points that stream (SSE) or answer as REST (restapi.async_views).
     path("api/v1/conversations/<int:pk>/messages/", conversation_messages, name="conversation-messages"),
     path("api/v1/conversations/<int:pk>/regenerate/", conversation_regenerate, name="conversation-regenerate"),
     path("api/v1/messages/<int:pk>/feedback/", FeedbackView.as_view(), name="message-feedback"),

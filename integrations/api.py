@@ -14,12 +14,12 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import TeamScopedModelViewSet
 from accounts.models import Role, User
-from chatplatform.pagination import IdCursorPagination
-from chatplatform.serializers import StrictFieldsMixin
 from integrations.models import DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent
 from integrations.services import webhook_create, webhook_ping, webhook_update
+from restapi.pagination import IdCursorPagination
+from restapi.serializers import StrictFieldsMixin
+from restapi.viewsets import TeamScopedModelViewSet
 
 
 class WebhookSerializer(StrictFieldsMixin, serializers.ModelSerializer):

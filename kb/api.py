@@ -16,11 +16,8 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import TeamScopedModelViewSet, TeamScopedViewSet
 from accounts.models import ApiKey, Role
 from accounts.selectors import team_scoped
-from chatplatform.pagination import IdCursorPagination
-from chatplatform.serializers import StrictFieldsMixin
 from kb.models import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
@@ -43,6 +40,9 @@ from kb.services import (
 )
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
+from restapi.pagination import IdCursorPagination
+from restapi.serializers import StrictFieldsMixin
+from restapi.viewsets import TeamScopedModelViewSet, TeamScopedViewSet
 
 
 class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):

@@ -12,10 +12,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.api import TeamScopedModelViewSet
 from accounts.models import Role
 from chatplatform.outbound import outbound_url_check
-from chatplatform.serializers import StrictFieldsMixin
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
 from models_registry.providers.xinference import XinferenceClient
@@ -28,6 +26,8 @@ from models_registry.services import (
     registration_terminate,
     registration_test,
 )
+from restapi.serializers import StrictFieldsMixin
+from restapi.viewsets import TeamScopedModelViewSet
 
 ADMIN_ONLY = {
     action: Role.ADMIN for action in ("create", "update", "partial_update", "destroy", "launch", "terminate", "test")

@@ -11,7 +11,7 @@ After each: every document is ready or failed with a reason, no chunk is duplica
 messages answered 201 are all still there and no failed request left an answer behind, chat
 answered 503 saying what to do while the model was down, and it answers again by itself.
 
-The platform runs as `make run` runs it (chatplatform.supervisor.child_specs: uvicorn, a worker
+The platform runs as `make run` runs it (runtime.supervisor.child_specs: uvicorn, a worker
 for llm/default, one for ingest, beat) but without the supervisor, so the drills decide what dies
 and when. Everything lives under var/drills/ (var/drills/var is wiped at the start; the processes'
 logs are in var/drills/logs/). The report goes to stdout and var/drills/report.md; the exit code
@@ -415,7 +415,7 @@ def worker_kill(stack: Stack, scene: Scene, document_ids: list[int]) -> Fault:
 
 
 def redis_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s: float) -> Fault:
-    from chatplatform import embedded
+    from runtime import embedded
 
     # SIGTERM: Redis appends what it holds to its append-only file and exits, as on a host reboot.
     embedded._redis_stop(stack.var_dir)
@@ -446,7 +446,7 @@ def xinference_stop(stack: Stack, scene: Scene, document_ids: list[int], outage_
 def postgres_restart(stack: Stack, scene: Scene, document_ids: list[int], down_s: float) -> Fault:
     from django.db import connection
 
-    from chatplatform import embedded
+    from runtime import embedded
 
     # PostgreSQL's fast shutdown: open transactions roll back and every connection drops.
     embedded._postgres_stop((stack.var_dir / "pgdata").resolve())
@@ -831,7 +831,7 @@ def http_chat(base_url: str) -> Callable[[Scene, str], ChatReply]:
 
 def fresh_var_dir(var_dir: Path) -> None:
     """Each run starts from an empty database and broker: stop what an interrupted run left there."""
-    from chatplatform import embedded
+    from runtime import embedded
 
     if (var_dir / "pgdata").exists():
         embedded._postgres_stop((var_dir / "pgdata").resolve())
@@ -866,9 +866,9 @@ def main() -> int:
     from django.db import connection
 
     from accounts.services import platform_bootstrap
-    from chatplatform.supervisor import Config, child_specs
     from realservices.workers import database_url_of
     from realservices.xinference import XinferenceServer, free_port
+    from runtime.supervisor import Config, child_specs
 
     call_command("migrate", verbosity=0)
     bootstrap = platform_bootstrap()

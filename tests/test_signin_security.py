@@ -16,7 +16,7 @@ from axes.models import AccessAttempt
 from django.test import Client
 from django.utils import timezone
 
-from chatplatform.supervisor import StartupError, read_config
+from runtime.supervisor import StartupError, read_config
 from tests.factories import UserFactory
 
 BASE_DIR = Path(__file__).resolve().parent.parent

@@ -170,7 +170,7 @@ def test_the_admin_can_log_in_with_the_printed_password(running_platform: Runnin
 
 def test_a_second_start_on_the_same_var_is_refused(running_platform: RunningPlatform) -> None:
     second = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"],
+        [sys.executable, "-m", "runtime.supervisor"],
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -184,7 +184,7 @@ def test_a_second_start_on_the_same_var_is_refused(running_platform: RunningPlat
 
 def test_a_taken_port_is_one_line_naming_it(running_platform: RunningPlatform, tmp_path: Path) -> None:
     other = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"],
+        [sys.executable, "-m", "runtime.supervisor"],
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -249,7 +249,7 @@ def test_a_later_start_reuses_everything_and_sigterm_leaves_no_process(running_p
     assert running_platform.process.poll() is not None
     started = time.monotonic()
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "chatplatform.supervisor"],
+        [sys.executable, "-m", "runtime.supervisor"],
         cwd=BASE_DIR,
         start_new_session=True,
         env=platform_env(running_platform.var_dir, running_platform.port),
@@ -278,7 +278,7 @@ def test_malformed_configuration_is_one_line_and_non_zero(
     tmp_path: Path, variable: str, value: str, expected: str
 ) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"],
+        [sys.executable, "-m", "runtime.supervisor"],
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -293,7 +293,7 @@ def test_malformed_configuration_is_one_line_and_non_zero(
 
 def test_unreachable_database_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "chatplatform.supervisor"],
+        [sys.executable, "-m", "runtime.supervisor"],
         cwd=BASE_DIR,
         capture_output=True,
         text=True,

@@ -27,10 +27,10 @@ from pathlib import Path
 import psycopg
 import redis
 
-from chatplatform import embedded
 from chatplatform.checks import is_placeholder
 from chatplatform.service_urls import parse_database_url, parse_redis_url
 from models_registry import embedded_xinference
+from runtime import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 15.0
