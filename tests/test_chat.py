@@ -3,13 +3,13 @@ and titles: streaming over SSE, citations, summary memory, stop on disconnect, q
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
 from django.db.models import Sum
@@ -77,7 +77,7 @@ def key_for(user, team) -> str:
     return api_key_create(user=user, team=team, name="sse")[1]
 
 
-async def _stream(secret: str, conversation_id: int, body: dict[str, Any], stop_after: int | None) -> list[tuple]:
+async def _stream(secret: str, conversation_id: int, body: dict[str, Any]) -> list[tuple]:
     response = await AsyncClient().post(
         f"/api/v1/conversations/{conversation_id}/messages/",
         json.dumps(body),
@@ -88,32 +88,19 @@ async def _stream(secret: str, conversation_id: int, body: dict[str, Any], stop_
         return [("http", response.status_code, json.loads(response.content))]
     assert response["Content-Type"] == "text/event-stream"
     events: list[tuple] = []
-    enough = asyncio.Event()
-
-    async def consume() -> None:
-        buffer = ""
-        async for chunk in response.streaming_content:  # type: ignore[attr-defined]
-            buffer += chunk.decode()
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                lines = dict(line.split(": ", 1) for line in block.splitlines())
-                events.append((lines["event"], time.monotonic(), json.loads(lines["data"])))
-            if stop_after is not None and sum(1 for event in events if event[0] == "token") >= stop_after:
-                enough.set()
-        enough.set()
-
-    reader = asyncio.create_task(consume())
-    await enough.wait()
-    if not reader.done():
-        # The client goes away: the server cancels the response task, as Django's ASGI handler
-        # does when it receives http.disconnect.
-        reader.cancel()
-    await asyncio.gather(reader, return_exceptions=True)
+    buffer = ""
+    async for chunk in response.streaming_content:  # type: ignore[attr-defined]
+        buffer += chunk.decode()
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            lines = dict(line.split(": ", 1) for line in block.splitlines())
+            events.append((lines["event"], time.monotonic(), json.loads(lines["data"])))
     return events
 
 
-def stream(secret: str, conversation_id: int, content: str, stop_after: int | None = None) -> list[tuple]:
-    return async_to_sync(_stream)(secret, conversation_id, {"content": content, "stream": True}, stop_after)
+def stream(secret: str, conversation_id: int, content: str) -> list[tuple]:
+    """The SSE events of one streamed turn, read to the end (event, arrival time, data)."""
+    return async_to_sync(_stream)(secret, conversation_id, {"content": content, "stream": True})
 
 
 def test_tokens_stream_incrementally_and_the_answer_is_saved(chat_setup) -> None:
@@ -168,15 +155,30 @@ def test_when_nothing_relevant_is_found_it_says_so(chat_setup) -> None:
     assert "found nothing relevant" in "".join(event[2]["text"] for event in events if event[0] == "token")
 
 
-def test_a_dropped_client_stops_the_answer_and_keeps_what_was_written(chat_setup) -> None:
+def test_a_dropped_client_stops_the_answer_and_keeps_what_was_written(chat_setup, live_asgi_url) -> None:
+    """A real client over a real connection (uvicorn) reads three tokens and hangs up: the server
+    sees the disconnect, the model's stream is closed and the answer so far is kept as stopped."""
     conversation = new_conversation(chat_setup, chat_setup["plain_assistant"])
-    events = stream(
-        key_for(chat_setup["user"], chat_setup["team"]),
-        conversation.pk,
-        "Write a very long essay about the sea.",
-        stop_after=3,
-    )
-    message_id = events[0][2]["message_id"]
+    secret = key_for(chat_setup["user"], chat_setup["team"])
+    message_id, tokens = None, 0
+    with (
+        httpx.Client(base_url=live_asgi_url, timeout=120) as client,
+        client.stream(
+            "POST",
+            f"/api/v1/conversations/{conversation.pk}/messages/",
+            json={"content": "Write a very long essay about the sea.", "stream": True},
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = json.loads(line.removeprefix("data: "))
+                message_id = message_id or data.get("message_id")
+                tokens += "text" in data
+            if tokens >= 3:
+                break  # leaving the blocks closes the connection
+    assert message_id is not None
     wait_until(lambda: Message.objects.get(pk=message_id).status != "streaming", timeout=30)
     message = Message.objects.get(pk=message_id)
     assert message.status == "stopped"
