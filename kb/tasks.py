@@ -10,7 +10,8 @@ from celery import Task, shared_task
 from django.db import DatabaseError
 from kombu.exceptions import OperationalError as BrokerUnavailable
 
-from kb.services import document_process, documents_dispatch, kb_index_vectors, vector_index_ensure
+from kb.ingestion import document_process, documents_dispatch
+from kb.services import kb_index_vectors, vector_index_ensure
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.providers.base import ProviderError
 

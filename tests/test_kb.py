@@ -20,8 +20,9 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import Role
+from kb.ingestion import documents_dispatch
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase, VectorIndex
-from kb.services import documents_dispatch, kb_create
+from kb.services import kb_create
 from kb.tasks import dispatch
 from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelRegistration

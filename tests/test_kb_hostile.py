@@ -28,10 +28,10 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import Role
-from kb import services as kb_services
+from kb import ingestion as kb_ingestion
+from kb.ingestion import document_process, documents_dispatch
 from kb.models import Document, DocumentStatus, KnowledgeBase
 from kb.parsing import ParseError, UnsupportedFile, detect_type, parse
-from kb.services import document_process, documents_dispatch
 from kb.uploads import expand_archive
 from realservices.workers import BASE_DIR, WorkerProcess
 from realservices.xinference import XinferenceServer
@@ -360,13 +360,13 @@ def test_a_parse_longer_than_the_lease_keeps_the_document(team, settings, monkey
     settings.KB_INGEST_LEASE_S = 1
     document = stored_document(kb_without_model_server(team), "blank.txt", b"   \n\n   \n", "text")
     [(document_id, token)] = documents_dispatch()
-    real_parse = kb_services.parse
+    real_parse = kb_ingestion.parse
 
     def slow_parse(*args: object, **kwargs: object) -> object:
         time.sleep(4)  # four leases without a word of progress
         return real_parse(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(kb_services, "parse", slow_parse)
+    monkeypatch.setattr(kb_ingestion, "parse", slow_parse)
 
     def work() -> None:
         try:

@@ -24,8 +24,9 @@ from chat.models import Message, MessageStatus
 from chat.services import PreparedTurn, assistant_create, conversation_create, turn_finish
 from integrations.models import DeliveryStatus, Webhook, WebhookDelivery
 from integrations.services import webhook_create, webhook_deliver, webhook_emit, webhook_signature
+from kb.ingestion import document_mark_ready, document_retry_later
 from kb.models import Document, DocumentStatus
-from kb.services import document_mark_ready, document_retry_later, kb_create
+from kb.services import kb_create
 from models_registry.services import provider_create, registration_create
 from realservices.xinference import free_port
 from tests.conftest import bearer_client, member_of

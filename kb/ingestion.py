@@ -1,0 +1,257 @@
+"""Ingestion: one attempt at one document, as a worker runs it: claim → parse → split → embed →
+store the chunks → ready (or failed with the reason, or queued again to retry a model outage).
+Which document, when and with which lease is kb.dispatch's; this module does the work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import openai
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from integrations.models import WebhookEvent
+from integrations.services import webhook_emit
+from kb import dispatch, fulltext
+from kb.embedding_batches import embedding_batches, embedding_lengths
+from kb.models import Document, DocumentStatus, KnowledgeBase, VectorIndex
+from kb.parsing import ParseError, UnsupportedFile, parse
+from kb.services import kb_finish_rebuild_if_done, kb_index_vectors_if_large
+from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
+from models_registry.credentials import CredentialsUnreadable
+from models_registry.langchain_models import embeddings_for
+from models_registry.models import ModelRegistration
+from models_registry.providers.base import ProviderError, ProviderRefused, ProviderUnreachable, ProviderUnsafe
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_S = 10
+RETRY_MAX_S = 300
+
+
+class TransientIngestError(Exception):
+    """The model server failed in a way that can pass (down, restarting, overloaded)."""
+
+
+def documents_dispatch() -> list[tuple[int, str]]:
+    """What the dispatcher runs: first fail the documents whose worker died on their last allowed
+    attempt, then hand the next ones out (kb.dispatch.documents_hand_out)."""
+    documents_abandoned_fail()
+    return dispatch.documents_hand_out()
+
+
+def documents_abandoned_fail() -> None:
+    """Fail the documents whose worker died (or stalled past its lease) on their last allowed
+    attempt. A file that kills every worker that opens it (a parser crash, memory exhaustion, a
+    stall) would otherwise be handed out again forever, holding one of the
+    KB_INGEST_MAX_IN_FLIGHT slots every team shares. Before the dispatch transaction, on their
+    own: failing takes the knowledge base's row (a rebuild's end), which must not wait inside
+    the dispatcher's lock."""
+    now = timezone.now()
+    for document in dispatch.abandoned():
+        reason = (
+            f"the worker died {document.attempts} times while ingesting this file (killed, out of memory, or "
+            f"stuck for {settings.KB_INGEST_LEASE_S} s without progress), so it is not tried again: split it or "
+            "save it in a simpler format, then reindex it"
+        )
+        logger.warning("document %s failed: %s", document.pk, reason)
+        _fail(document, reason, {}, expired_before=now)
+
+
+def _build_settings(kb: KnowledgeBase) -> tuple[int, ModelRegistration, str, int, int]:
+    """(generation, embedding model, splitter, chunk size, overlap) this build writes with."""
+    if kb.rebuild_settings is not None:
+        chosen = kb.rebuild_settings
+        model = ModelRegistration.objects.select_related("provider").get(pk=chosen["embedding_model_id"])
+        return kb.generation + 1, model, chosen["splitter"], chosen["chunk_size"], chosen["chunk_overlap"]
+    model = ModelRegistration.objects.select_related("provider").get(pk=kb.embedding_model_id)
+    return kb.generation, model, kb.splitter, kb.chunk_size, kb.chunk_overlap
+
+
+def document_ingest(*, document: Document) -> None:
+    """Parse, split, embed in batches, then replace the document's chunks in one transaction.
+    Raises TransientIngestError for model-server failures worth retrying; records anything else
+    as a failure with its reason."""
+    kb = document.knowledge_base
+    generation, model, splitter, chunk_size, chunk_overlap = _build_settings(kb)
+    timings: dict[str, float] = {}
+    try:
+        started = time.perf_counter()
+        sections = parse(Path(document.file.path), document.content_type, document.original_name)
+        timings["parse_s"] = round(time.perf_counter() - started, 3)
+        dispatch.progress(document, status=DocumentStatus.PARSING, percent=10)
+
+        started = time.perf_counter()
+        drafts = split_sections(
+            sections,
+            splitter=splitter,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            tokenizer_path=tokenizer_path_for(model.custom_spec),
+        )
+        timings["split_s"] = round(time.perf_counter() - started, 3)
+        dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=20)
+
+        started = time.perf_counter()
+        vectors = _embed(document, model, drafts)
+        timings["embed_s"] = round(time.perf_counter() - started, 3)
+
+        started = time.perf_counter()
+        _replace_chunks(document, generation, model.dimensions or 0, drafts, vectors)
+        timings["store_s"] = round(time.perf_counter() - started, 3)
+    except (ParseError, UnsupportedFile, SplitterUnavailable, CredentialsUnreadable) as exc:
+        _fail(document, str(exc), timings)
+        return
+    except (ProviderError, openai.APIError) as exc:
+        if _is_permanent(exc):
+            _fail(document, f"the embedding model refused: {exc}", timings)
+            return
+        if isinstance(exc, openai.APIConnectionError | ProviderUnreachable):
+            reason = f"the embedding model {model.name} at {model.provider.endpoint} is unreachable ({exc})"
+        else:
+            reason = f"the embedding model {model.name} is not answering: {exc}"
+        raise TransientIngestError(reason) from exc
+    document_mark_ready(document=document, generation=generation, chunk_count=len(drafts), timings=timings)
+
+
+def document_mark_ready(*, document: Document, generation: int, chunk_count: int, timings: dict[str, float]) -> bool:
+    """The end of a successful ingestion (for the worker that still holds the document): ready,
+    and a `document.ready` webhook event. False when another worker took the document over."""
+    marked = dispatch.release_ready(document, generation=generation, chunk_count=chunk_count, timings=timings)
+    if marked:
+        _document_event(document, WebhookEvent.DOCUMENT_READY, chunk_count=chunk_count, error="")
+    kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
+    kb_index_vectors_if_large(kb_id=document.knowledge_base_id)
+    return bool(marked)
+
+
+def _document_event(document: Document, event: str, *, chunk_count: int, error: str) -> None:
+    webhook_emit(
+        team_id=document.team_id,
+        event=event,
+        payload={
+            "document_id": document.pk,
+            "knowledge_base_id": document.knowledge_base_id,
+            "name": document.original_name,
+            "status": DocumentStatus.READY if event == WebhookEvent.DOCUMENT_READY else DocumentStatus.FAILED,
+            "chunk_count": chunk_count,
+            "error": error,
+        },
+    )
+
+
+def _is_permanent(exc: Exception) -> bool:
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return True
+    # A refused address stays refused until an admin changes the endpoint; the openai client
+    # wraps what the guarded transport raised, so look down the chain.
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ProviderUnsafe):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(exc, ProviderRefused) and exc.status_code in (401, 403)
+
+
+def _embed(document: Document, model: ModelRegistration, drafts: list[ChunkDraft]) -> list[list[float]]:
+    embeddings = embeddings_for(model)
+    texts = [draft.text for draft in drafts]
+    by_position: dict[int, list[float]] = {}
+    for batch in embedding_batches(embedding_lengths(texts, model.custom_spec), settings.KB_EMBED_BATCH):
+        answered = embeddings.embed_documents([texts[index] for index in batch])
+        by_position.update(zip(batch, answered, strict=True))
+        progress = 20 + int(75 * len(by_position) / max(len(drafts), 1))
+        dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=progress)
+    vectors = [by_position[index] for index in range(len(texts))]
+    if vectors and len(vectors[0]) != model.dimensions:
+        raise ParseError(
+            f"{model.name} returned {len(vectors[0])}-dimensional embeddings but is registered with "
+            f"{model.dimensions}: correct the registration"
+        )
+    return vectors
+
+
+def _replace_chunks(
+    document: Document, generation: int, dims: int, drafts: list[ChunkDraft], vectors: list[list[float]]
+) -> None:
+    """Delete and insert in one transaction, so a re-run never leaves duplicates or a gap."""
+    rows = [
+        (
+            document.knowledge_base_id,
+            document.pk,
+            generation,
+            ordinal,
+            draft.text,
+            json.dumps(draft.metadata, ensure_ascii=False),
+            dims,
+            json.dumps(vector),
+            fulltext.index_text(draft.text),
+        )
+        for ordinal, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Shared, so stores run side by side, while kb_index_vectors' switch out of NONE waits
+        # for them: no chunk is written unindexed after it (taken before the document's lock, in
+        # the order kb_rebuild takes both).
+        cursor.execute(
+            "SELECT vector_index FROM kb_knowledgebase WHERE id = %s FOR SHARE", [document.knowledge_base_id]
+        )
+        state = cursor.fetchone()
+        in_vector_index = state is not None and state[0] != VectorIndex.NONE
+        # The row lock makes a stale worker (an expired lease, handed out again) wait, then find
+        # its token gone and write nothing.
+        locked = dispatch.held(document).select_for_update()
+        if not locked.exists():
+            raise _Superseded()
+        cursor.execute("DELETE FROM kb_chunk WHERE document_id = %s AND generation = %s", [document.pk, generation])
+        cursor.executemany(
+            "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
+            "embedding, search_vector, in_vector_index) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s::vector, "
+            "to_tsvector('simple', %s), %s)",
+            [(*row, in_vector_index) for row in rows],
+        )
+
+
+class _Superseded(Exception):
+    """This worker's hold on the document ended (lease expired and handed out again)."""
+
+
+def _fail(
+    document: Document, reason: str, timings: dict[str, float], *, expired_before: datetime | None = None
+) -> None:
+    """Failed with the reason, if this holder still holds it (and, with expired_before, nobody
+    renewed its lease since)."""
+    failed = dispatch.release_failed(document, reason=reason[:4000], timings=timings, expired_before=expired_before)
+    if failed:
+        _document_event(document, WebhookEvent.DOCUMENT_FAILED, chunk_count=0, error=reason[:4000])
+    kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
+
+
+def document_retry_later(*, document: Document, reason: str) -> bool:
+    """After a transient failure: wait with backoff (the lease holds the document until then),
+    or give up after KB_INGEST_MAX_ATTEMPTS. True when it will be retried."""
+    if document.attempts >= settings.KB_INGEST_MAX_ATTEMPTS:
+        _fail(document, f"{reason} (gave up after {document.attempts} attempts; retry it when the model runs)", {})
+        return False
+    delay = min(RETRY_BASE_S * 2 ** (document.attempts - 1), RETRY_MAX_S)
+    dispatch.wait_to_retry(document, delay_s=delay, reason=reason)
+    return True
+
+
+def document_process(*, document_id: int, token: str) -> None:
+    """The whole of one ingestion attempt, as the worker runs it."""
+    document = dispatch.claim(document_id=document_id, token=token)
+    if document is None:
+        return
+    try:
+        with dispatch.lease_heartbeat(document):
+            document_ingest(document=document)
+    except TransientIngestError as exc:
+        document_retry_later(document=document, reason=str(exc))
+    except _Superseded:
+        logger.info("document %s was handed to another worker meanwhile; dropping this attempt", document_id)
