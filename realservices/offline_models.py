@@ -13,7 +13,8 @@ def _provider(team: Team, endpoint: str, name: str | None) -> Provider:
     return provider_create(team=team, name=name or f"xi-{endpoint[-5:]}", kind="xinference", endpoint=endpoint)
 
 
-def _embedding_on(provider: Provider) -> ModelRegistration:
+def register_offline_embedding(provider: Provider) -> ModelRegistration:
+    """MiniLM registered (not launched) on `provider`."""
     return registration_create(
         provider=provider,
         kind="embedding",
@@ -27,7 +28,7 @@ def _embedding_on(provider: Provider) -> ModelRegistration:
 
 def offline_embedding_on(team: Team, endpoint: str) -> ModelRegistration:
     """MiniLM registered (not launched) on a new Xinference provider of `team` at `endpoint`."""
-    return _embedding_on(_provider(team, endpoint, None))
+    return register_offline_embedding(_provider(team, endpoint, None))
 
 
 def offline_models_on(
@@ -35,12 +36,17 @@ def offline_models_on(
 ) -> tuple[ModelRegistration, ModelRegistration]:
     """SmolLM2 and MiniLM registered (not launched) on a new Xinference provider of `team`."""
     provider = _provider(team, endpoint, provider_name)
-    llm = registration_create(
+    return register_offline_llm(provider), register_offline_embedding(provider)
+
+
+def register_offline_llm(provider: Provider, *, context_length: int | None = None) -> ModelRegistration:
+    """SmolLM2 registered (not launched) on `provider`."""
+    return registration_create(
         provider=provider,
         kind="llm",
         name="SmolLM2",
         provider_model_uid=embedded_xinference.LLM_UID,
         launch_spec=embedded_xinference.llm_launch(),
         custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir()),
+        context_length=context_length,
     )
-    return llm, _embedding_on(provider)

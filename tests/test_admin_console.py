@@ -30,6 +30,7 @@ from kb.tasks import ingest
 from models_registry import embedded_xinference
 from models_registry.models import ModelRegistration, ModelStatus
 from models_registry.services import provider_create, registration_create, registration_terminate
+from realservices.offline_models import register_offline_embedding
 from realservices.xinference import XinferenceServer, free_port
 from tests.browser import screenshot, signed_in_context
 from tests.conftest import bearer_client, member_of
@@ -380,15 +381,7 @@ def test_dashboard_in_the_browser_shows_usage_and_launches_and_terminates_a_mode
     )
     _kb, failed, _ready = knowledge_base_with_documents(team)
     provider = provider_create(team=team, name="Xinference", kind="xinference", endpoint=xinference.endpoint)
-    embedding = registration_create(
-        provider=provider,
-        kind="embedding",
-        name="MiniLM",
-        provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
-        dimensions=384,
-    )
+    embedding = register_offline_embedding(provider)
     registration_terminate(registration=embedding)  # stopped on the server: Launch has real work to do
     with ingest_consumers_paused():
         depth = queue_depths()["ingest"] + 1

@@ -27,6 +27,7 @@ from models_registry.services import (
     registration_test,
 )
 from models_registry.tasks import reconcile
+from realservices.offline_models import register_offline_embedding, register_offline_llm
 from realservices.xinference import TINY_RERANKER_UID, XinferenceServer, build_tiny_reranker, free_port
 from tests.conftest import bearer_client, member_of
 from tests.factories import UserFactory
@@ -40,27 +41,7 @@ def xinference_provider(team, endpoint: str) -> Provider:
 
 
 def register_llm(provider: Provider) -> ModelRegistration:
-    return registration_create(
-        provider=provider,
-        kind="llm",
-        name="SmolLM2",
-        provider_model_uid=embedded_xinference.LLM_UID,
-        launch_spec=embedded_xinference.llm_launch(),
-        custom_spec=embedded_xinference.llm_spec(VENV),
-        context_length=8192,
-    )
-
-
-def register_embedding(provider: Provider) -> ModelRegistration:
-    return registration_create(
-        provider=provider,
-        kind="embedding",
-        name="MiniLM",
-        provider_model_uid=embedded_xinference.EMBEDDING_UID,
-        launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(VENV),
-        dimensions=384,
-    )
+    return register_offline_llm(provider, context_length=embedded_xinference.LLM_CONTEXT_LENGTH)
 
 
 def test_families_list_builtin_and_our_custom_models(xinference: XinferenceServer) -> None:
@@ -74,7 +55,7 @@ def test_families_list_builtin_and_our_custom_models(xinference: XinferenceServe
 def test_launch_chat_embed_terminate_and_launch_again(team, xinference: XinferenceServer) -> None:
     provider = xinference_provider(team, xinference.endpoint)
     llm = registration_launch(registration=register_llm(provider))
-    embedding = registration_launch(registration=register_embedding(provider))
+    embedding = registration_launch(registration=register_offline_embedding(provider))
     assert (llm.status, embedding.status) == (ModelStatus.RUNNING, ModelStatus.RUNNING)
 
     answer = chat_model_for(llm).invoke("What is the capital of France?")
@@ -247,7 +228,7 @@ def test_members_read_admins_launch_and_other_teams_see_nothing(
     team, other_team, outsider, xinference: XinferenceServer
 ) -> None:
     provider = xinference_provider(team, xinference.endpoint)
-    embedding = register_embedding(provider)
+    embedding = register_offline_embedding(provider)
     member = bearer_client(member_of(team, Role.MEMBER), team)
     admin = bearer_client(member_of(team, Role.ADMIN), team)
     stranger = bearer_client(outsider, other_team)
@@ -352,7 +333,7 @@ def test_models_are_healed_after_xinference_is_killed_and_restarted(
     provider = xinference_provider(team, xinference.endpoint)
     registrations = [
         registration_launch(registration=register_llm(provider)),
-        registration_launch(registration=register_embedding(provider)),
+        registration_launch(registration=register_offline_embedding(provider)),
     ]
     xinference.kill()
     reconcile.delay()
