@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 from django.db import transaction
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Quota, QuotaReservation, Usage
@@ -46,8 +46,9 @@ def _next_reset() -> datetime:
     return datetime.combine(_today() + timedelta(days=1), time.min, tzinfo=UTC)
 
 
-def _quotas(team_id: int, user_id: int) -> list[Quota]:
-    return list(Quota.objects.filter(Q(team_id=team_id, user__isnull=True) | Q(team_id=team_id, user_id=user_id)))
+def _quotas(team_id: int, user_id: int) -> QuerySet[Quota]:
+    """The team-wide quota and the user's own in the team, whichever exist."""
+    return Quota.objects.filter(Q(team_id=team_id, user__isnull=True) | Q(team_id=team_id, user_id=user_id))
 
 
 def _spent(quota: Quota) -> tuple[int, int]:
@@ -87,11 +88,7 @@ def quota_reserve(*, team_id: int, user_id: int, prompt_tokens: int, answer_toke
     with transaction.atomic():
         # The row locks serialise reservations under the same quotas: two streams at once see
         # each other's holds.
-        quotas = list(
-            Quota.objects.select_for_update()
-            .filter(Q(team_id=team_id, user__isnull=True) | Q(team_id=team_id, user_id=user_id))
-            .order_by("pk")
-        )
+        quotas = list(_quotas(team_id, user_id).select_for_update().order_by("pk"))
         if not quotas:
             return Reservation(id=None, answer_tokens=answer_tokens)
         allowed = answer_tokens

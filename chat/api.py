@@ -20,7 +20,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey, Role, Scope, User
-from accounts.permissions import key_has_scope
 from accounts.selectors import has_team_role, team_scoped
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.selectors import assistants_visible, conversations_visible, messages_visible
@@ -278,7 +277,7 @@ class ConversationMessagesView(GenericAPIView[Message]):
 
     @extend_schema(request=MessageInputSerializer, responses={201: MessageSerializer})
     def post(self, request: Request, pk: int) -> Response:
-        conversation = conversation_for(request, pk, scope=Scope.CHAT)
+        conversation = conversation_for(request, pk, to_chat=True)
         data = MessageInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         turn = turn_prepare(
@@ -292,7 +291,7 @@ class RegenerateView(APIView):
 
     @extend_schema(request=None, responses={201: MessageSerializer})
     def post(self, request: Request, pk: int) -> Response:
-        conversation = conversation_for(request, pk, scope=Scope.CHAT)
+        conversation = conversation_for(request, pk, to_chat=True)
         turn = turn_prepare(conversation=conversation, author=acting_user(request), content="", regenerate=True)
         return Response(MessageSerializer(turn_answer(turn=turn)).data, status=status.HTTP_201_CREATED)
 
@@ -302,16 +301,15 @@ def acting_user(request: Request) -> User:
     return request.user
 
 
-def conversation_for(request: Request, pk: int, scope: str | None = None) -> Conversation:
-    """A conversation the caller sees; asking for the `chat` scope also needs the member role
-    (viewers read rooms, they do not write in them)."""
+def conversation_for(request: Request, pk: int, *, to_chat: bool = False) -> Conversation:
+    """A conversation the caller sees; chatting in it also needs the member role (viewers read
+    rooms, they do not write in them). The API key's `chat` scope is the view's permission
+    (required_scopes; drf_request_through on the streaming path)."""
     api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    if api_key is not None and scope is not None and not key_has_scope(api_key, scope):
-        raise exceptions.PermissionDenied(f"This API key lacks the {scope!r} scope: create a key with it.")
     conversation = conversations_visible(user=request.user, api_key=api_key).filter(pk=pk).first()
     if conversation is None:
         raise exceptions.NotFound("No such conversation.")
-    if scope == Scope.CHAT:
+    if to_chat:
         require_member(request, conversation.team_id)
     return conversation
 
@@ -373,7 +371,7 @@ def _prepare_streaming_turn(request: HttpRequest, pk: int, regenerate: bool) -> 
             return api_error_response(exceptions.ValidationError(data.errors))
         content = data.validated_data["content"]
     try:
-        conversation = conversation_for(drf_request, pk, scope=Scope.CHAT)
+        conversation = conversation_for(drf_request, pk, to_chat=True)
         assert isinstance(user, User)
         return turn_prepare(conversation=conversation, author=user, content=content, regenerate=regenerate)
     except exceptions.APIException as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
@@ -23,6 +23,11 @@ def estimate_tokens(text: str) -> int:
     across models whose tokenizers the platform does not have (a remote server's)."""
     cjk = len(CJK.findall(text))
     return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def estimate_prompt_tokens(contents: Iterable[object]) -> int:
+    """A prompt's tokens: each message's text plus about four for its role and separators."""
+    return sum(estimate_tokens(str(content)) + 4 for content in contents)
 
 
 def recent_window(turns: Sequence[TurnLike], budget: int) -> int:

@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from accounts.models import Team, User
 from accounts.quotas import quota_check, quota_release, quota_reserve, usage_record
 from chat import prompts
-from chat.memory import estimate_tokens, recent_window, trim_to_budget
+from chat.memory import estimate_prompt_tokens, estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
 from chatplatform.domain_errors import DomainError, model_call_error
@@ -287,7 +287,7 @@ class AnswerPlan:
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(estimate_tokens(str(message.content)) + 4 for message in self.prompt)
+        return estimate_prompt_tokens(message.content for message in self.prompt)
 
 
 @dataclass(kw_only=True)
@@ -327,7 +327,7 @@ def invoke_metered(
         team_id=team_id,
         user_id=user_id,
         model_name=llm.name,
-        tokens_in=usage.get("input_tokens") or sum(estimate_tokens(str(m.content)) + 4 for m in prompt),
+        tokens_in=usage.get("input_tokens") or estimate_prompt_tokens(message.content for message in prompt),
         tokens_out=usage.get("output_tokens") or estimate_tokens(str(answer.content)),
     )
     return answer

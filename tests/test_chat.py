@@ -363,3 +363,16 @@ def test_a_provider_address_the_guard_refuses_is_a_400_that_says_so(team, settin
     errors = [event[2] for event in events if event[0] == "error"]
     assert errors
     assert errors[0]["code"] == "unsafe_url"
+
+
+def test_a_key_without_the_chat_scope_cannot_stream_a_turn(team) -> None:
+    """The streaming entries answer outside DRF but through the REST views' own permission
+    classes: a read-only key is refused before any turn is prepared."""
+    llm, _embedding = offline_models_on(team, f"http://127.0.0.1:{free_port()}")
+    user = member_of(team, Role.MEMBER)
+    conversation = conversation_create(team=team, owner=user, assistant=assistant_create(team=team, name="A", llm=llm))
+    read_only = api_key_create(user=user, team=team, name="ro", scopes=["read"])[1]
+    events = stream(read_only, conversation.pk, "hi")
+    assert events[0][:2] == ("http", 403)
+    assert "scope" in events[0][2]["error"]["message"]
+    assert not Message.objects.filter(conversation=conversation).exists()
