@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TeamViewSet, UsageViewSet
 from chat.api import AssistantViewSet, ConversationViewSet
+from evaluation.api import EvaluationItemViewSet, EvaluationRunViewSet, EvaluationSetViewSet
 from integrations.api import WebhookViewSet
 from kb.api import DocumentViewSet, KnowledgeBaseViewSet
 from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
@@ -16,6 +17,9 @@ router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", ModelRegistrationViewSet, basename="model")
 router.register("knowledge-bases", KnowledgeBaseViewSet, basename="knowledge-base")
 router.register("documents", DocumentViewSet, basename="document")
+router.register("evaluation-sets", EvaluationSetViewSet, basename="evaluation-set")
+router.register("evaluation-items", EvaluationItemViewSet, basename="evaluation-item")
+router.register("evaluation-runs", EvaluationRunViewSet, basename="evaluation-run")
 router.register("assistants", AssistantViewSet, basename="assistant")
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("webhooks", WebhookViewSet, basename="webhook")

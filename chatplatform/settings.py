@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "accounts",
     "models_registry",
     "kb",
+    "evaluation",
     "chat",
     "integrations",
     "workers",
@@ -187,6 +188,9 @@ CELERY_TASK_ROUTES = {
     "chat.*": {"queue": "llm"},
     "models_registry.*": {"queue": "default"},
     "integrations.*": {"queue": "default"},
+    # Scoring is searches (default); drafting questions is model calls (llm, with chat's slots).
+    "evaluation.draft": {"queue": "llm"},
+    "evaluation.*": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
     "kb-dispatch": {"task": "kb.dispatch", "schedule": 10.0, "options": {"expires": 10.0}},
@@ -322,6 +326,8 @@ KB_INGEST_MAX_IN_FLIGHT = env.int("KB_INGEST_MAX_IN_FLIGHT", default=2)
 # and the document is handed out again.
 KB_INGEST_LEASE_S = env.int("KB_INGEST_LEASE_S", default=120)
 KB_INGEST_MAX_ATTEMPTS = env.int("KB_INGEST_MAX_ATTEMPTS", default=6)
+# An import that grows a knowledge base by more than this share (since a set's last run) runs the set again.
+EVALUATION_IMPORT_SHARE = env.float("EVALUATION_IMPORT_SHARE", default=0.2)
 # Vector search over at most this many chunks is exact (kb.retrieval): the shared HNSW index
 # loses recall on a filter to a few knowledge bases, and scanning a few thousand rows is cheap.
 KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000)

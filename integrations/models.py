@@ -13,6 +13,8 @@ class WebhookEvent(models.TextChoices):
     DOCUMENT_FAILED = "document.failed", "A document failed to ingest"
     CONVERSATION_CREATED = "conversation.created", "A conversation was started"
     MESSAGE_COMPLETED = "message.completed", "An assistant answer completed"
+    EVALUATION_COMPLETED = "evaluation.completed", "An evaluation run finished"
+    EVALUATION_REGRESSED = "evaluation.regressed", "An evaluation run ranks worse than the one before"
 
 
 PING = "ping"  # sent by the Test action, whatever the webhook subscribes to

@@ -18,6 +18,8 @@ from rest_framework.response import Response
 
 from accounts.models import ApiKey, Role
 from accounts.selectors import team_scoped
+from evaluation.api import EvaluationSetSerializer, sets_with_counts
+from evaluation.services import evaluation_set_create
 from kb.models import (
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
@@ -36,6 +38,7 @@ from kb.services import (
     kb_create,
     kb_delete,
     kb_rebuild,
+    kb_rebuild_decide,
     kb_update,
 )
 from models_registry.models import ModelKind, ModelRegistration
@@ -68,12 +71,21 @@ class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "chunk_overlap",
             "generation",
             "rebuilding",
+            "rebuild_gate",
+            "rebuild_gate_reason",
             "vector_index",
             "document_count",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["generation", "vector_index", "created_at", "updated_at"]
+        read_only_fields = [
+            "generation",
+            "rebuild_gate",
+            "rebuild_gate_reason",
+            "vector_index",
+            "created_at",
+            "updated_at",
+        ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,7 +155,9 @@ class UploadResultSerializer(serializers.Serializer):
     rejected = serializers.ListField(child=serializers.DictField())
 
 
-ADMIN_ACTIONS = {action: Role.ADMIN for action in ("update", "partial_update", "destroy", "rebuild")}
+ADMIN_ACTIONS = {
+    action: Role.ADMIN for action in ("update", "partial_update", "destroy", "rebuild", "rebuild_decision")
+}
 
 
 class KnowledgeBaseViewSet(TeamScopedModelViewSet):
@@ -289,6 +303,44 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             chunk_overlap=_optional_int(data, "chunk_overlap"),
         )
         return Response(self.get_serializer(kb).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=inline_serializer("RebuildDecision", {"decision": serializers.ChoiceField(choices=["swap", "keep"])}),
+        responses=KnowledgeBaseSerializer,
+        description="For a rebuild held by its evaluation gate: `swap` to it anyway, or `keep` the live generation.",
+    )
+    @action(detail=True, methods=["post"], url_path="rebuild-decision")
+    def rebuild_decision(self, request: Request, pk: str | None = None) -> Response:
+        kb = self.get_object()
+        decision = request.data.get("decision") if isinstance(request.data, dict) else None
+        if decision not in ("swap", "keep"):
+            raise ValidationError({"decision": "Say `swap` (use the held rebuild) or `keep` (the live generation)."})
+        kb = kb_rebuild_decide(kb=kb, swap=decision == "swap")
+        return Response(self.get_serializer(kb).data)
+
+    @extend_schema(methods=["GET"], responses=EvaluationSetSerializer(many=True), description="Evaluation sets.")
+    @extend_schema(
+        methods=["POST"],
+        request=EvaluationSetSerializer,
+        responses={201: EvaluationSetSerializer},
+        description="A new evaluation set (admins).",
+    )
+    @action(detail=True, methods=["get", "post"], url_path="evaluation-sets")
+    def evaluation_sets(self, request: Request, pk: str | None = None) -> Response:
+        kb = self.get_object()
+        if request.method == "GET":
+            sets = sets_with_counts(kb.evaluation_sets.all())
+            return Response(EvaluationSetSerializer(sets, many=True).data)
+        self.require_role(kb.team_id, Role.ADMIN)
+        data = _validated(EvaluationSetSerializer, request.data)
+        evaluation_set = evaluation_set_create(
+            kb=kb,
+            name=data.get("name", ""),
+            description=data.get("description", ""),
+            gate_threshold=data.get("gate_threshold"),
+        )
+        created = sets_with_counts(kb.evaluation_sets.filter(pk=evaluation_set.pk)).get()
+        return Response(EvaluationSetSerializer(created).data, status=status.HTTP_201_CREATED)
 
 
 def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from evaluation.services import after_import as evaluation_after_import
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb import dispatch, fulltext
@@ -107,6 +108,10 @@ def document_ingest(*, document: Document) -> None:
     except (ParseError, UnsupportedFile, SplitterUnavailable, CredentialsUnreadable) as exc:
         _fail(document, str(exc), timings)
         return
+    except FileNotFoundError:
+        # The stored upload is gone (deleted from storage, a lost volume): retrying cannot help.
+        _fail(document, "the stored file is missing: upload the document again", timings)
+        return
     except (ProviderError, openai.APIError) as exc:
         if _is_permanent(exc):
             _fail(document, f"the embedding model refused: {exc}", timings)
@@ -127,6 +132,8 @@ def document_mark_ready(*, document: Document, generation: int, chunk_count: int
         _document_event(document, WebhookEvent.DOCUMENT_READY, chunk_count=chunk_count, error="")
     kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
     kb_index_vectors_if_large(kb_id=document.knowledge_base_id)
+    if marked:
+        evaluation_after_import(kb_id=document.knowledge_base_id)
     return bool(marked)
 
 

@@ -45,6 +45,16 @@ class RetrievalMode(models.TextChoices):
     FULLTEXT = "fulltext", _("Full text")
 
 
+class RebuildGate(models.TextChoices):
+    """A built rebuild's way to the swap when the knowledge base has evaluation sets: scored
+    against the live generation first, and held when it ranks worse (evaluation.gate)."""
+
+    NONE = "", _("No gate")
+    EVALUATING = "evaluating", _("Being evaluated before the swap")
+    HELD = "held", _("Held: it ranks worse than the live generation")
+    PASSED = "passed", _("Passed (or forced): swaps when built")
+
+
 class KnowledgeBase(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="knowledge_bases")
     name = models.CharField(max_length=200)
@@ -61,6 +71,10 @@ class KnowledgeBase(models.Model):
     rebuild_settings = models.JSONField(
         null=True, blank=True, help_text="While a rebuild runs: the settings it builds with."
     )
+    rebuild_gate = models.CharField(
+        max_length=10, choices=RebuildGate.choices, default=RebuildGate.NONE, blank=True, editable=False
+    )
+    rebuild_gate_reason = models.TextField(blank=True, default="", editable=False)
     vector_index = models.CharField(
         max_length=10, choices=VectorIndex.choices, default=VectorIndex.NONE, editable=False
     )

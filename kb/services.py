@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from accounts.models import Team
 from chatplatform.domain_errors import DomainError
 from chatplatform.unset import UNSET, Unset, given
+from evaluation.models import EvaluationItem, ItemStatus
 from kb import dispatch
 from kb.models import (
     DEFAULT_CHUNK_OVERLAP,
@@ -27,6 +28,7 @@ from kb.models import (
     Document,
     DocumentStatus,
     KnowledgeBase,
+    RebuildGate,
     Splitter,
     VectorIndex,
 )
@@ -177,10 +179,13 @@ def kb_rebuild(
     }
     with transaction.atomic():
         kb = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
-        if kb.rebuilding:
+        if kb.rebuilding and kb.rebuild_gate != RebuildGate.HELD:
             raise KnowledgeBaseError("a rebuild of this knowledge base is under way: wait for it to finish")
+        # A held rebuild is replaced by the new one.
         kb.rebuild_settings = chosen
-        kb.save(update_fields=["rebuild_settings", "updated_at"])
+        kb.rebuild_gate = RebuildGate.NONE
+        kb.rebuild_gate_reason = ""
+        kb.save(update_fields=["rebuild_settings", "rebuild_gate", "rebuild_gate_reason", "updated_at"])
         kb.chunks.filter(generation=kb.generation + 1).delete()
         dispatch.requeue(kb.documents.all())
         transaction.on_commit(_dispatch_soon)
@@ -192,16 +197,23 @@ def kb_rebuild(
 
 
 def kb_finish_rebuild_if_done(*, kb_id: int) -> bool:
-    """Swap to the new generation once no document still needs building. True when it swapped."""
+    """Swap to the new generation once no document still needs building. True when it swapped.
+    A knowledge base with evaluation questions is scored first (evaluation.gate): the swap waits
+    for the gate to pass, and a rebuild that ranks worse is held."""
     with transaction.atomic():
         kb = KnowledgeBase.objects.select_for_update().get(pk=kb_id)
-        if not kb.rebuilding:
+        if not kb.rebuilding or kb.rebuild_gate in (RebuildGate.EVALUATING, RebuildGate.HELD):
             return False
         target = kb.generation + 1
         pending = kb.documents.exclude(status=DocumentStatus.FAILED).exclude(
             status=DocumentStatus.READY, built_generation=target
         )
         if pending.exists():
+            return False
+        if kb.rebuild_gate != RebuildGate.PASSED and _has_evaluation_questions(kb):
+            kb.rebuild_gate = RebuildGate.EVALUATING
+            kb.save(update_fields=["rebuild_gate", "updated_at"])
+            transaction.on_commit(partial(_gate_soon, kb.pk))
             return False
         assert kb.rebuild_settings is not None
         settings_ = kb.rebuild_settings
@@ -211,9 +223,48 @@ def kb_finish_rebuild_if_done(*, kb_id: int) -> bool:
         kb.chunk_overlap = settings_["chunk_overlap"]
         kb.generation = target
         kb.rebuild_settings = None
+        kb.rebuild_gate = RebuildGate.NONE
+        kb.rebuild_gate_reason = ""
         kb.save()
         kb.chunks.exclude(generation=target).delete()
     return True
+
+
+def kb_rebuild_decide(*, kb: KnowledgeBase, swap: bool) -> KnowledgeBase:
+    """An admin's decision on a held rebuild: swap to it anyway, or keep the live generation and
+    drop what the rebuild built (documents built only for it are built again for the live one)."""
+    with transaction.atomic():
+        kb = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
+        if kb.rebuild_gate != RebuildGate.HELD:
+            raise KnowledgeBaseError("no rebuild of this knowledge base is held: there is nothing to decide")
+        if swap:
+            kb.rebuild_gate = RebuildGate.PASSED
+            kb.save(update_fields=["rebuild_gate", "updated_at"])
+        else:
+            kb.chunks.filter(generation=kb.generation + 1).delete()
+            kb.rebuild_settings = None
+            kb.rebuild_gate = RebuildGate.NONE
+            kb.rebuild_gate_reason = ""
+            kb.save(update_fields=["rebuild_settings", "rebuild_gate", "rebuild_gate_reason", "updated_at"])
+            built_for_rebuild = kb.documents.exclude(status=DocumentStatus.FAILED).filter(
+                built_generation__gt=kb.generation
+            )
+            if dispatch.requeue(built_for_rebuild):
+                transaction.on_commit(_dispatch_soon)
+    if swap:
+        kb_finish_rebuild_if_done(kb_id=kb.pk)
+    kb.refresh_from_db()
+    return kb
+
+
+def _has_evaluation_questions(kb: KnowledgeBase) -> bool:
+    return EvaluationItem.objects.filter(evaluation_set__knowledge_base=kb, status=ItemStatus.ACCEPTED).exists()
+
+
+def _gate_soon(kb_id: int) -> None:
+    from evaluation.tasks import gate_soon
+
+    gate_soon(kb_id)
 
 
 VECTOR_INDEX_BATCH = 5000  # chunks put in the HNSW index per transaction

@@ -21,6 +21,8 @@ from accounts.models import ApiKey, Role, Scope, Team
 from accounts.services import api_key_create, api_key_revoke, membership_set
 from chat.models import Assistant, Conversation, Message
 from chat.services import assistant_create, conversation_create
+from evaluation.models import EvaluationItem, EvaluationRun, EvaluationSet
+from evaluation.services import evaluation_set_create, item_create, run_create
 from integrations.models import Webhook
 from kb.models import Document, KnowledgeBase
 from kb.services import kb_create
@@ -82,6 +84,11 @@ def build_world(label: str = "", team: Team | None = None) -> World:
     message = Message.objects.create(conversation=room, role=Message.Role.USER, author=member, content="hi")
     key, _secret = api_key_create(user=member, team=team, name="member's")
     webhook = Webhook.objects.create(team=team, url="https://hooks.example.com/x", secret="s", events=["ping"])
+    evaluation_set = evaluation_set_create(kb=kb, name=f"{label}Set")
+    item = item_create(
+        evaluation_set=evaluation_set, data={"question": "hi?", "expected_document": document.original_name}
+    )
+    run = run_create(evaluation_set=evaluation_set, modes=["fulltext"], top_k=5)
     return World(
         team_id=team.pk,
         ids={
@@ -89,6 +96,9 @@ def build_world(label: str = "", team: Team | None = None) -> World:
             "assistants": assistant.pk,
             "conversations": room.pk,
             "documents": document.pk,
+            "evaluation-items": item.pk,
+            "evaluation-runs": run.pk,
+            "evaluation-sets": evaluation_set.pk,
             "knowledge-bases": kb.pk,
             "messages": message.pk,
             "models": llm.pk,
@@ -127,6 +137,7 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         upload.name = "notes.txt"
         return {"file": [upload]}, "multipart"
     team = world.team_id
+    document_name = Document.objects.get(pk=world.ids["documents"]).original_name
     bodies: dict[str, Any] = {
         "/api/v1/api-keys/": {"name": "k", "team": team},
         "/api/v1/assistants/": {"name": "New", "llm": world.llm_id, "team": team},
@@ -137,6 +148,14 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/knowledge-bases/": {"name": "KB2", "embedding_model": world.embedding_id, "team": team},
         "/api/v1/knowledge-bases/{id}/": {"name": "Renamed", "embedding_model": world.embedding_id},
         "/api/v1/knowledge-bases/{id}/search/": {"query": "hello", "mode": "fulltext"},
+        "/api/v1/knowledge-bases/{id}/evaluation-sets/": {"name": "Set2"},
+        "/api/v1/knowledge-bases/{id}/rebuild-decision/": {"decision": "keep"},
+        "/api/v1/evaluation-sets/{id}/": {"name": "Renamed", "gate_threshold": 0.05},
+        "/api/v1/evaluation-sets/{id}/items/": {"question": "how?", "expected_document": document_name},
+        "/api/v1/evaluation-sets/{id}/runs/": {"modes": ["fulltext"], "top_k": 5},
+        "/api/v1/evaluation-sets/{id}/draft/": {"documents": [world.ids["documents"]], "per_document": 1},
+        "/api/v1/evaluation-sets/{id}/from-message/": {"message": world.ids["messages"]},
+        "/api/v1/evaluation-items/{id}/": {"question": "why?", "expected_document": document_name},
         "/api/v1/messages/{id}/feedback/": {"value": 1},
         "/api/v1/models/": {"provider": world.provider_id, "kind": "llm", "name": "M2", "provider_model_uid": "m2"},
         "/api/v1/models/{id}/": {
@@ -187,7 +206,18 @@ def keyed(user: Any, team: Any) -> APIClient:
 def counts(team_id: int) -> dict[str, int]:
     return {
         model.__name__: model.objects.filter(team_id=team_id).count()
-        for model in (ApiKey, Provider, ModelRegistration, KnowledgeBase, Document, Conversation, Webhook)
+        for model in (
+            ApiKey,
+            Provider,
+            ModelRegistration,
+            KnowledgeBase,
+            Document,
+            Conversation,
+            Webhook,
+            EvaluationSet,
+            EvaluationItem,
+            EvaluationRun,
+        )
     }
 
 
@@ -279,6 +309,8 @@ REFERENCE_FIELDS = {
     "assistant": "assistant",
     "knowledge_bases": "knowledge_base",
     "document_ids": "document",
+    "documents": "document",
+    "message": "message",
 }
 # Whole-number fields that are amounts, not references (a new id-like field must be classified).
 NOT_REFERENCES = {
@@ -293,6 +325,7 @@ NOT_REFERENCES = {
     "context_length",
     "rate_limit_per_minute",
     "expires_days",
+    "per_document",
 }
 # A reference of the wrong kind within the caller's own team.
 WRONG_KIND = {"llm": "embedding", "embedding": "llm", "rerank": "llm"}
@@ -321,6 +354,7 @@ def object_id(world: World, kind: str) -> int:
         "assistant": world.ids["assistants"],
         "knowledge_base": world.ids["knowledge-bases"],
         "document": world.ids["documents"],
+        "message": world.ids["messages"],
     }[kind]
 
 
@@ -332,7 +366,19 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
     """Every row of the team, less the timestamps the platform moves on its own."""
     moving = {"updated_at", "last_used_at", "last_checked_at"}
     rows: dict[str, list[dict[str, Any]]] = {}
-    for model in (Provider, ModelRegistration, KnowledgeBase, Document, Assistant, Conversation, Webhook, ApiKey):
+    for model in (
+        Provider,
+        ModelRegistration,
+        KnowledgeBase,
+        Document,
+        Assistant,
+        Conversation,
+        Webhook,
+        ApiKey,
+        EvaluationSet,
+        EvaluationItem,
+        EvaluationRun,
+    ):
         rows[model.__name__] = [
             {key: value for key, value in row.items() if key not in moving}
             for row in model.objects.filter(team_id=team_id).order_by("pk").values()
@@ -361,6 +407,13 @@ def broken_references() -> list[str]:
     for kb in KnowledgeBase.objects.select_related("embedding_model"):
         if kb.embedding_model.team_id != kb.team_id or kb.embedding_model.kind != "embedding":
             broken.append(f"knowledge base {kb.pk} -> model {kb.embedding_model_id}")
+    for evaluation_set in EvaluationSet.objects.select_related("knowledge_base"):
+        if evaluation_set.knowledge_base.team_id != evaluation_set.team_id:
+            broken.append(f"evaluation set {evaluation_set.pk} -> knowledge base {evaluation_set.knowledge_base_id}")
+    for run in EvaluationRun.objects.select_related("evaluation_set", "rerank_model"):
+        rerank = run.rerank_model
+        if run.evaluation_set.team_id != run.team_id or (rerank is not None and rerank.team_id != run.team_id):
+            broken.append(f"evaluation run {run.pk} -> another team's set or reranker")
     for registration in ModelRegistration.objects.select_related("provider"):
         if registration.provider.team_id != registration.team_id:
             broken.append(f"model {registration.pk} -> provider {registration.provider_id}")
