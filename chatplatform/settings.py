@@ -263,6 +263,8 @@ SPECTACULAR_SETTINGS = {
         "TeamRoleEnum": "accounts.models.Role",
         "MessageRoleEnum": "chat.models.Message.Role",
         "RetrievalModeEnum": "kb.models.RetrievalMode",
+        "EvaluationRunStatusEnum": "evaluation.models.RunStatus",
+        "EvaluationItemStatusEnum": "evaluation.models.ItemStatus",
     },
 }
 

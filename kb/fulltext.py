@@ -40,8 +40,9 @@ def index_text(text: str) -> str:
     return " ".join(terms(text))
 
 
-def query_text(query: str) -> str:
-    """A tsquery matching any term (OR): questions rarely share every word with the answer; ranking
-    by ts_rank_cd then prefers passages with more and closer matches."""
-    unique = list(dict.fromkeys(terms(query)))
-    return " | ".join(f"'{term}'" for term in unique)
+MAX_QUERY_TERMS = 32
+
+
+def query_terms(query: str) -> list[str]:
+    """The query's distinct terms, as indexed (kb.retrieval weighs each by its rarity)."""
+    return list(dict.fromkeys(terms(query)))[:MAX_QUERY_TERMS]

@@ -458,6 +458,29 @@ HTML_TEXT_TAGS = frozenset(
     )
 )
 HTML_HEADING_TAGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
+# Elements that break the text inside a text element (a list in a cell, paragraphs in an item):
+# a space goes between their pieces. Inline elements (code, links, emphasis) join as written, so
+# `copytree(src, dst)` stays one piece of text and not `copytree ( src , dst )`.
+HTML_BREAK_TAGS = frozenset(("br", "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "td", "th", "pre"))
+# Page furniture, not content: navigation bars, sidebars, tables of contents, footers and heading
+# anchors, by ARIA role and by the classes documentation generators give them (Sphinx, DocBook,
+# MkDocs). Indexed, every page's sidebar matched questions about the pages it lists.
+HTML_FURNITURE_ROLES = frozenset(("navigation", "banner", "contentinfo", "search"))
+HTML_FURNITURE_CLASSES = frozenset(
+    (
+        "sphinxsidebar",
+        "related",
+        "footer",
+        "navheader",
+        "navfooter",
+        "toc",
+        "breadcrumb",
+        "breadcrumbs",
+        "sidebar",
+        "navbar",
+        "headerlink",
+    )
+)
 
 
 def html_sections(markup: str, metadata: dict[str, Any], source_name: str) -> Iterator[Section]:
@@ -483,7 +506,24 @@ def html_sections(markup: str, metadata: dict[str, Any], source_name: str) -> It
         )
     etree.strip_elements(document, *HTML_DROPPED_TAGS, with_tail=False)
     body = document.find("body")
-    yield from _html_blocks(body if body is not None else document, metadata)
+    root = body if body is not None else document
+    content = _without_furniture(root)
+    # A page that is all furniture (a table of contents page) keeps it: it is the page's content.
+    yield from _html_blocks(content if content.text_content().strip() else root, metadata)
+
+
+def _without_furniture(root: Any) -> Any:
+    """A copy of `root` without navigation, sidebars, tables of contents and footers."""
+    import copy
+
+    content = copy.deepcopy(root)
+    for element in list(content.iter()):
+        if not isinstance(element.tag, str) or element.getparent() is None:
+            continue
+        classes = set((element.get("class") or "").split())
+        if element.get("role") in HTML_FURNITURE_ROLES or classes & HTML_FURNITURE_CLASSES:
+            element.drop_tree()  # keeps the text that follows it
+    return content
 
 
 def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
@@ -507,6 +547,8 @@ def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
             elif tag in HTML_HEADING_TAGS and owner is not None and owner.tag not in HTML_HEADING_TAGS:
                 parts.extend(_html_text(owner, pieces))
                 outer, owner, pieces = owner, element, []
+            if owner is not None and element is not owner and tag in HTML_BREAK_TAGS:
+                pieces.append(" ")
             if owner is not None and element.text:
                 pieces.append(element.text)
             continue
@@ -527,10 +569,7 @@ def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
 def _html_text(owner: Any, pieces: list[str]) -> list[str]:
     """The gathered text as one block (none when blank): preformatted text as written, any other
     with its whitespace collapsed between pieces."""
-    if owner.tag == "pre":
-        text = "".join(pieces)
-    else:
-        text = " ".join(piece for piece in (raw.strip() for raw in pieces) if piece)
+    text = "".join(pieces) if owner.tag == "pre" else " ".join("".join(pieces).split())
     return [text] if text else []
 
 

@@ -20,12 +20,13 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import Role
+from kb import fulltext
 from kb.ingestion import documents_dispatch
 from kb.models import Chunk, Document, DocumentStatus, KnowledgeBase, VectorIndex
 from kb.services import kb_create
 from kb.tasks import dispatch
 from models_registry.langchain_models import embeddings_for
-from models_registry.models import ModelRegistration
+from models_registry.models import ModelRegistration, Provider
 from models_registry.services import registration_create, registration_launch
 from realservices.offline_models import offline_embedding_on
 from realservices.workers import WorkerProcess
@@ -538,3 +539,36 @@ def test_indexing_resumes_where_a_killed_worker_stopped_and_touches_no_other_kno
         assert "kb_chunk_embedding_384_hnsw" in " ".join(row[0] for row in cursor.fetchall())
         cursor.execute(query, [big.pk, vector])
         assert cursor.fetchone()[0] == target.pk  # found through the index
+
+
+def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
+    """BM25's IDF: a question's rare word finds the one passage that has it, even when other
+    passages repeat the question's common words many times (without the IDF they won)."""
+    provider = Provider.objects.create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
+    model = ModelRegistration.objects.create(
+        team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=3
+    )
+    kb = kb_create(team=team, name="Docs", embedding_model=model)
+    texts = {f"common-{index}.txt": "python function call python function python install " * 3 for index in range(8)}
+    texts["cache.txt"] = "Decorate the function with lru_cache to memoise its results."
+    for name, text in texts.items():
+        document = Document.objects.create(
+            knowledge_base=kb,
+            team=team,
+            original_name=name,
+            sha256=name.ljust(64, "0"),
+            size_bytes=1,
+            content_type="text/plain",
+            status="ready",
+            chunk_count=1,
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
+                "embedding, search_vector) VALUES (%s, %s, %s, 0, %s, '{}', 3, '[1,0,0]', to_tsvector('simple', %s))",
+                [kb.pk, document.pk, kb.generation, text, fulltext.index_text(text)],
+            )
+    client = bearer_client(member_of(team, Role.VIEWER), team)
+    hits = search(client, kb, "how do I cache a python function call?", mode="fulltext", top_k=3)
+    assert hits[0]["document_name"] == "cache.txt"
+    assert search(client, kb, "zebra", mode="fulltext") == []
