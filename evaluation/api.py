@@ -24,6 +24,7 @@ from evaluation.models import EvaluationItem, EvaluationResult, EvaluationRun, E
 from evaluation.services import (
     evaluation_set_update,
     item_create,
+    item_delete,
     item_from_message,
     item_update,
     items_import,
@@ -328,6 +329,9 @@ class EvaluationItemViewSet(
     @extend_schema(request=ItemInputSerializer, responses=EvaluationItemSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return self.update(request, *args, **kwargs)
+
+    def perform_destroy(self, instance: EvaluationItem) -> None:
+        item_delete(item=instance)
 
 
 class EvaluationRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TeamScopedViewSet):

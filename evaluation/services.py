@@ -186,6 +186,12 @@ def item_update(*, item: EvaluationItem, data: dict[str, Any], status: str | Uns
     return item
 
 
+def item_delete(*, item: EvaluationItem) -> None:
+    """Remove a question (a draft nobody wants, or one that no longer fits). Results of past runs
+    keep their copy of it."""
+    item.delete()
+
+
 def item_from_message(*, evaluation_set: EvaluationSet, message: Message) -> EvaluationItem:
     """The question behind an answer someone marked good, expecting the documents of the set's
     knowledge base that the answer cites (a good answer from the right pages is a known good
@@ -541,7 +547,8 @@ def rebuild_trigger(kb: KnowledgeBase) -> str:
     chosen = kb.rebuild_settings or {}
     if chosen.get("embedding_model_id") != kb.embedding_model_id:
         return RunTrigger.MODEL
-    if any(chosen.get(key) != getattr(kb, key) for key in ("splitter", "chunk_size", "chunk_overlap")):
+    chunking = ("splitter", "chunk_size", "chunk_overlap", "chunk_headers")
+    if any(key in chosen and chosen[key] != getattr(kb, key) for key in chunking):
         return RunTrigger.SETTINGS
     return RunTrigger.REBUILD
 

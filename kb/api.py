@@ -21,6 +21,7 @@ from accounts.selectors import team_scoped
 from evaluation.api import EvaluationSetSerializer, sets_with_counts
 from evaluation.services import evaluation_set_create
 from kb.models import (
+    DEFAULT_CHUNK_HEADERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SPLITTER,
@@ -69,6 +70,7 @@ class KnowledgeBaseSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "splitter",
             "chunk_size",
             "chunk_overlap",
+            "chunk_headers",
             "generation",
             "rebuilding",
             "rebuild_gate",
@@ -186,6 +188,7 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             splitter=data.get("splitter", DEFAULT_SPLITTER),
             chunk_size=data.get("chunk_size", DEFAULT_CHUNK_SIZE),
             chunk_overlap=data.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP),
+            chunk_headers=data.get("chunk_headers", DEFAULT_CHUNK_HEADERS),
         )
 
     def perform_update(self, serializer: serializers.BaseSerializer[KnowledgeBase]) -> None:
@@ -280,6 +283,7 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
                 "splitter": serializers.ChoiceField(choices=Splitter.choices, required=False),
                 "chunk_size": serializers.IntegerField(required=False),
                 "chunk_overlap": serializers.IntegerField(required=False),
+                "chunk_headers": serializers.BooleanField(required=False),
             },
         ),
         responses=KnowledgeBaseSerializer,
@@ -301,6 +305,7 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             splitter=data.get("splitter"),
             chunk_size=_optional_int(data, "chunk_size"),
             chunk_overlap=_optional_int(data, "chunk_overlap"),
+            chunk_headers=_optional_bool(data, "chunk_headers"),
         )
         return Response(self.get_serializer(kb).data, status=status.HTTP_202_ACCEPTED)
 
@@ -347,6 +352,13 @@ def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dic
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
     return dict(serializer.validated_data)
+
+
+def _optional_bool(data: dict[str, Any], key: str) -> bool | None:
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValidationError({key: "Must be true or false."})
 
 
 def _optional_int(data: dict[str, Any], key: str) -> int | None:

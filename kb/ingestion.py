@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -64,14 +65,38 @@ def documents_abandoned_fail() -> None:
         _fail(document, reason, {}, expired_before=now)
 
 
-def _build_settings(kb: KnowledgeBase) -> tuple[int, ModelRegistration, str, int, int]:
-    """(generation, embedding model, splitter, chunk size, overlap) this build writes with."""
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a build writes with: the live settings, or a rebuild's."""
+
+    generation: int
+    model: ModelRegistration
+    splitter: str
+    chunk_size: int
+    chunk_overlap: int
+    chunk_headers: bool
+
+
+def _build_settings(kb: KnowledgeBase) -> BuildSettings:
     if kb.rebuild_settings is not None:
         chosen = kb.rebuild_settings
-        model = ModelRegistration.objects.select_related("provider").get(pk=chosen["embedding_model_id"])
-        return kb.generation + 1, model, chosen["splitter"], chosen["chunk_size"], chosen["chunk_overlap"]
-    model = ModelRegistration.objects.select_related("provider").get(pk=kb.embedding_model_id)
-    return kb.generation, model, kb.splitter, kb.chunk_size, kb.chunk_overlap
+        return BuildSettings(
+            generation=kb.generation + 1,
+            model=ModelRegistration.objects.select_related("provider").get(pk=chosen["embedding_model_id"]),
+            splitter=chosen["splitter"],
+            chunk_size=chosen["chunk_size"],
+            chunk_overlap=chosen["chunk_overlap"],
+            # A rebuild asked for before chunk headers existed keeps the knowledge base's setting.
+            chunk_headers=chosen.get("chunk_headers", kb.chunk_headers),
+        )
+    return BuildSettings(
+        generation=kb.generation,
+        model=ModelRegistration.objects.select_related("provider").get(pk=kb.embedding_model_id),
+        splitter=kb.splitter,
+        chunk_size=kb.chunk_size,
+        chunk_overlap=kb.chunk_overlap,
+        chunk_headers=kb.chunk_headers,
+    )
 
 
 def document_ingest(*, document: Document) -> None:
@@ -79,7 +104,8 @@ def document_ingest(*, document: Document) -> None:
     Raises TransientIngestError for model-server failures worth retrying; records anything else
     as a failure with its reason."""
     kb = document.knowledge_base
-    generation, model, splitter, chunk_size, chunk_overlap = _build_settings(kb)
+    build = _build_settings(kb)
+    generation, model = build.generation, build.model
     timings: dict[str, float] = {}
     try:
         started = time.perf_counter()
@@ -90,10 +116,11 @@ def document_ingest(*, document: Document) -> None:
         started = time.perf_counter()
         drafts = split_sections(
             sections,
-            splitter=splitter,
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
+            splitter=build.splitter,
+            chunk_size=build.chunk_size,
+            chunk_overlap=build.chunk_overlap,
             tokenizer_path=tokenizer_path_for(model.custom_spec),
+            headers=build.chunk_headers,
         )
         timings["split_s"] = round(time.perf_counter() - started, 3)
         dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=20)

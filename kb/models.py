@@ -24,6 +24,9 @@ class Splitter(models.TextChoices):
 DEFAULT_SPLITTER = Splitter.RECURSIVE
 DEFAULT_CHUNK_SIZE = 800
 DEFAULT_CHUNK_OVERLAP = 100
+# Each chunk starts with its page's heading path (title > section > subsection), so what the
+# embedding, full text and the model read of a passage says what "this command" is about.
+DEFAULT_CHUNK_HEADERS = True
 
 
 class VectorIndex(models.TextChoices):
@@ -65,6 +68,9 @@ class KnowledgeBase(models.Model):
         default=DEFAULT_CHUNK_SIZE, help_text="Characters, or tokens for the token splitter."
     )
     chunk_overlap = models.PositiveIntegerField(default=DEFAULT_CHUNK_OVERLAP)
+    chunk_headers = models.BooleanField(
+        default=DEFAULT_CHUNK_HEADERS, help_text="Start each chunk with its page's title and heading path."
+    )
     # Search reads chunks of `generation`. A rebuild (new chunking or embedding model) writes
     # `generation + 1` beside it and swaps when every document is built: no downtime.
     generation = models.PositiveIntegerField(default=1)

@@ -21,6 +21,7 @@ from chatplatform.unset import UNSET, Unset, given
 from evaluation.models import EvaluationItem, ItemStatus
 from kb import dispatch
 from kb.models import (
+    DEFAULT_CHUNK_HEADERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SPLITTER,
@@ -86,6 +87,7 @@ def kb_create(
     splitter: str = DEFAULT_SPLITTER,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+    chunk_headers: bool = DEFAULT_CHUNK_HEADERS,
 ) -> KnowledgeBase:
     _check_embedding_model(team, embedding_model)
     _check_chunking(splitter, chunk_size, chunk_overlap, embedding_model)
@@ -99,6 +101,7 @@ def kb_create(
         splitter=splitter,
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
+        chunk_headers=chunk_headers,
     )
     _vector_index_soon(embedding_model)
     return kb
@@ -121,6 +124,7 @@ def kb_update(
     splitter: str | Unset = UNSET,
     chunk_size: int | Unset = UNSET,
     chunk_overlap: int | Unset = UNSET,
+    chunk_headers: bool | Unset = UNSET,
 ) -> KnowledgeBase:
     """Name and description change in place; chunking and the embedding model through a rebuild.
     The team never changes."""
@@ -131,8 +135,9 @@ def kb_update(
         splitter=splitter,
         chunk_size=chunk_size,
         chunk_overlap=chunk_overlap,
+        chunk_headers=chunk_headers,
     )
-    rebuild_fields = {"embedding_model", "splitter", "chunk_size", "chunk_overlap"}
+    rebuild_fields = {"embedding_model", "splitter", "chunk_size", "chunk_overlap", "chunk_headers"}
     wants_rebuild = {key for key, value in changes.items() if key in rebuild_fields and getattr(kb, key) != value}
     if wants_rebuild and kb.documents.exists():
         raise KnowledgeBaseError(
@@ -162,6 +167,7 @@ def kb_rebuild(
     splitter: str | None = None,
     chunk_size: int | None = None,
     chunk_overlap: int | None = None,
+    chunk_headers: bool | None = None,
 ) -> KnowledgeBase:
     """Re-chunk and re-embed every document into the next generation while search keeps reading
     the current one; the swap happens when the last document is built."""
@@ -176,6 +182,7 @@ def kb_rebuild(
         "splitter": new_splitter,
         "chunk_size": new_size,
         "chunk_overlap": new_overlap,
+        "chunk_headers": kb.chunk_headers if chunk_headers is None else chunk_headers,
     }
     with transaction.atomic():
         kb = KnowledgeBase.objects.select_for_update().get(pk=kb.pk)
@@ -221,6 +228,7 @@ def kb_finish_rebuild_if_done(*, kb_id: int) -> bool:
         kb.splitter = settings_["splitter"]
         kb.chunk_size = settings_["chunk_size"]
         kb.chunk_overlap = settings_["chunk_overlap"]
+        kb.chunk_headers = settings_.get("chunk_headers", kb.chunk_headers)
         kb.generation = target
         kb.rebuild_settings = None
         kb.rebuild_gate = RebuildGate.NONE

@@ -39,7 +39,10 @@ def split_sections(
     chunk_size: int,
     chunk_overlap: int,
     tokenizer_path: Path | None = None,
+    headers: bool = False,
 ) -> list[ChunkDraft]:
+    """`headers`: every chunk starts with its section's heading path (the heading-aware splitter
+    always does so)."""
     length = token_counter(tokenizer_path) if splitter == Splitter.TOKENS else len
     text_splitter = RecursiveCharacterTextSplitter(
         separators=SEPARATORS,
@@ -52,7 +55,7 @@ def split_sections(
     units = sections if splitter == Splitter.HEADINGS else merge_small_sections(sections, chunk_size, length)
     drafts = []
     for section in units:
-        prefix = heading_prefix(section) if splitter == Splitter.HEADINGS else ""
+        prefix = heading_prefix(section) if headers or splitter == Splitter.HEADINGS else ""
         for piece in text_splitter.split_text(section.text):
             drafts.append(ChunkDraft(prefix + piece, dict(section.metadata)))
     return drafts

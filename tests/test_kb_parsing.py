@@ -165,6 +165,13 @@ def test_splitters_respect_size_chinese_punctuation_and_headings(tmp_path: Path)
     chunks = split_sections(headed, splitter=Splitter.HEADINGS, chunk_size=500, chunk_overlap=0)
     assert chunks[-1].text.startswith("Guide > Cats\n\n")
     assert chunks[-1].metadata["heading_path"] == ["Guide", "Cats"]
+    # Chunk headers: the recursive splitter starts each chunk with its heading path when asked.
+    plain = split_sections(headed, splitter=Splitter.RECURSIVE, chunk_size=500, chunk_overlap=0)
+    assert not any(chunk.text.startswith("Guide > ") for chunk in plain)
+    headed_chunks = split_sections(headed, splitter=Splitter.RECURSIVE, chunk_size=500, chunk_overlap=0, headers=True)
+    assert [chunk.text.split("\n\n", 1)[0] for chunk in headed_chunks] == [
+        " > ".join(chunk.metadata["heading_path"]) for chunk in headed_chunks
+    ]
 
     tokenizer = tokenizer_path_for(embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()))
     assert tokenizer is not None

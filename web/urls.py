@@ -3,7 +3,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from web.views import account, chat
+from web.views import account, chat, evaluation
 
 app_name = "web"
 
@@ -22,6 +22,7 @@ urlpatterns = [
     path("chat/<int:pk>/", chat.conversation_page, name="conversation"),
     path("chat/<int:pk>/summary/", chat.summary_fragment, name="summary"),
     path("messages/<int:pk>/", chat.message_fragment, name="message"),
+    path("messages/<int:pk>/evaluation/", evaluation.message_to_evaluation, name="message-evaluation"),
     path("sources/<int:chunk_id>/", chat.chunk_page, name="chunk"),
     path("documents/<int:document_id>/file/", chat.document_file, name="document-file"),
     path("kb/", include("web.kb_urls")),

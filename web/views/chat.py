@@ -5,6 +5,7 @@ live WebSocket."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -20,10 +21,12 @@ from accounts.selectors import has_team_role
 from chat.models import Assistant, Conversation, Message
 from chat.selectors import conversations_visible
 from chat.services import ChatError, assistant_default_for, conversation_create
+from evaluation.models import EvaluationSet
 from kb.models import Chunk
 from kb.selectors import chunks_visible, documents_visible
 from web.markdown import render_markdown
 from web.teams import current_membership, team_switch
+from web.views.evaluation import answer_evaluation_sets
 
 CONVERSATIONS_SHOWN = 100
 NEIGHBOUR_CHUNKS = 2
@@ -56,9 +59,11 @@ def citation_urls(message: Message) -> dict[int, str]:
     return {source["index"]: reverse("web:chunk", args=[source["chunk_id"]]) for source in message.citations}
 
 
-def message_context(message: Message) -> dict[str, Any]:
+def message_context(message: Message, eval_sets: Sequence[EvaluationSet] = ()) -> dict[str, Any]:
+    """`eval_sets`: for a team admin's own page, the sets this answer may be added to once marked
+    good (web.views.evaluation); a room's broadcast, rendered once for everyone, has none."""
     html = render_markdown(message.content, citation_urls(message)) if message.role == Message.Role.ASSISTANT else ""
-    return {"message": message, "html": html}
+    return {"message": message, "html": html, "eval_sets": eval_sets}
 
 
 @login_required
@@ -102,11 +107,12 @@ def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
     if current_membership(request).team_id != conversation.team_id:
         team_switch(request, conversation.team_id)  # a link from another team's room
     messages = list(conversation.messages.select_related("author").order_by("pk"))
+    eval_sets = answer_evaluation_sets(user=_user(request), team_id=conversation.team_id, answers=messages)
     context = _sidebar(request, conversation.team_id)
     context.update(
         conversation=conversation,
         # Not `messages`: base.html shows Django's messages framework under that name.
-        conversation_messages=[message_context(message) for message in messages],
+        conversation_messages=[message_context(message, eval_sets.get(message.pk, ())) for message in messages],
         last_message_id=messages[-1].pk if messages else 0,
         can_write=has_team_role(user=_user(request), api_key=None, team_id=conversation.team_id, role=Role.MEMBER),
     )
@@ -116,10 +122,15 @@ def conversation_page(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def message_fragment(request: HttpRequest, pk: int) -> HttpResponse:
     """One message as the conversation page shows it: chat.js swaps it in when a stream ends."""
-    message = Message.objects.filter(pk=pk, conversation__in=_conversations(request)).select_related("author").first()
+    message = (
+        Message.objects.filter(pk=pk, conversation__in=_conversations(request))
+        .select_related("author", "conversation")
+        .first()
+    )
     if message is None:
         raise Http404(_("No such message."))
-    return render(request, "web/chat/message.html", message_context(message))
+    eval_sets = answer_evaluation_sets(user=_user(request), team_id=message.conversation.team_id, answers=[message])
+    return render(request, "web/chat/message.html", message_context(message, eval_sets.get(message.pk, ())))
 
 
 @login_required

@@ -1,5 +1,6 @@
 """Knowledge-base pages: the team's list with a create form, and a knowledge base's page where
-kb.js uploads files, follows their ingestion and runs hit tests, all through the REST API."""
+kb.js uploads files, follows their ingestion and runs hit tests, all through the REST API; the
+page also shows a rebuild held by its evaluation gate, for an admin to swap or keep."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.functional import Promise
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
@@ -19,6 +22,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role, Team, User
 from accounts.selectors import has_team_role, teams_for
 from kb.models import (
+    DEFAULT_CHUNK_HEADERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SPLITTER,
@@ -29,7 +33,7 @@ from kb.models import (
     Splitter,
 )
 from kb.selectors import knowledge_bases_visible
-from kb.services import KnowledgeBaseError, kb_create
+from kb.services import KnowledgeBaseError, kb_create, kb_rebuild_decide
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 from web.teams import current_membership, team_switch
@@ -39,6 +43,7 @@ DOCUMENTS_SHOWN = 200
 # KnowledgeBaseViewSet.perform_create asks for this role: the page allows no more than the API.
 CREATE_ROLE = Role.ADMIN
 UPLOAD_ROLE = Role.MEMBER
+DECIDE_ROLE = Role.ADMIN  # a held rebuild, as the API's rebuild-decision
 
 STATUS_LABELS: dict[str, Promise] = {
     DocumentStatus.QUEUED: gettext_lazy("Queued"),
@@ -74,6 +79,11 @@ class KnowledgeBaseForm(forms.Form):
         label=gettext_lazy("Chunk size"), min_value=20, max_value=8000, initial=DEFAULT_CHUNK_SIZE
     )
     chunk_overlap = forms.IntegerField(label=gettext_lazy("Chunk overlap"), min_value=0, initial=DEFAULT_CHUNK_OVERLAP)
+    chunk_headers = forms.BooleanField(
+        label=gettext_lazy("Start each chunk with its page title and headings"),
+        required=False,
+        initial=DEFAULT_CHUNK_HEADERS,
+    )
 
     def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
         kwargs.setdefault("initial", {})
@@ -154,6 +164,7 @@ def kb_create_view(request: HttpRequest) -> HttpResponse:
                 splitter=data["splitter"],
                 chunk_size=data["chunk_size"],
                 chunk_overlap=data["chunk_overlap"],
+                chunk_headers=data["chunk_headers"],
             )
         except KnowledgeBaseError as exc:
             form.add_error(None, str(exc))
@@ -163,19 +174,31 @@ def kb_create_view(request: HttpRequest) -> HttpResponse:
     return render(request, "web/kb/list.html", _list_context(request, team, form), status=400)
 
 
-@login_required
-def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def knowledge_base_for(request: HttpRequest, pk: int, *, switch_team: bool = False) -> KnowledgeBase:
+    """The knowledge base `pk` of the user's teams, or 404 (another team's is not found, never
+    forbidden). A page opened from a link into another of the user's teams switches to it."""
     kb = _knowledge_bases(request).select_related("embedding_model", "team").filter(pk=pk).first()
     if kb is None:
         raise Http404(_("No such knowledge base."))
-    if current_membership(request).team_id != kb.team_id:
-        team_switch(request, kb.team_id)  # a link from another of the user's teams
+    if switch_team and current_membership(request).team_id != kb.team_id:
+        team_switch(request, kb.team_id)
+    return kb
+
+
+def has_role(request: HttpRequest, kb: KnowledgeBase, role: Role) -> bool:
+    return has_team_role(user=_user(request), api_key=None, team_id=kb.team_id, role=role)
+
+
+@login_required
+def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    kb = knowledge_base_for(request, pk, switch_team=True)
     documents = list(Document.objects.filter(knowledge_base=kb).order_by("-pk")[:DOCUMENTS_SHOWN])
     counts = Document.objects.filter(knowledge_base=kb).aggregate(
         total=Count("pk"),
         ready=Count("pk", filter=Q(status=DocumentStatus.READY)),
         failed=Count("pk", filter=Q(status=DocumentStatus.FAILED)),
     )
+    can_decide = has_role(request, kb, DECIDE_ROLE)
     return render(
         request,
         "web/kb/detail.html",
@@ -184,8 +207,40 @@ def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "rows": [{"document": document, "status_label": STATUS_LABELS[document.status]} for document in documents],
             "counts": counts,
             "more_documents": max(counts["total"] - len(documents), 0),
-            "can_upload": has_team_role(user=_user(request), api_key=None, team_id=kb.team_id, role=UPLOAD_ROLE),
+            "can_upload": has_role(request, kb, UPLOAD_ROLE),
+            "can_decide": can_decide,
+            # Hit-testing results may become questions of a set (admins edit sets, as in the API).
+            "hit_sets": list(kb.evaluation_sets.order_by("name")) if can_decide else [],
             "status_labels": STATUS_LABELS,
             "search_modes": SEARCH_MODES,
         },
     )
+
+
+@login_required
+@require_POST
+def kb_rebuild_decision(request: HttpRequest, pk: int) -> HttpResponse:
+    """An admin's answer to a rebuild its evaluation gate held: swap to it anyway, or keep the live
+    generation (kb.services.kb_rebuild_decide; the API's rebuild-decision does the same)."""
+    kb = knowledge_base_for(request, pk)
+    if not has_role(request, kb, DECIDE_ROLE):
+        return HttpResponse(_("Only the team's admins and owners may decide on a held rebuild."), status=403)
+    # Back to the page the banner was on (the knowledge base's or its evaluation page).
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("web:kb-detail", args=[kb.pk])
+    back = redirect(target)
+    decision = request.POST.get("decision")
+    if decision not in ("swap", "keep"):
+        messages.error(request, _("Choose to swap to the rebuild or to keep the live generation."))
+        return back
+    try:
+        kb_rebuild_decide(kb=kb, swap=decision == "swap")
+    except KnowledgeBaseError as exc:
+        messages.error(request, _("Nothing was decided: %(reason)s") % {"reason": exc})
+    else:
+        if decision == "swap":
+            messages.success(request, _("The rebuild goes live once every document is built."))
+        else:
+            messages.success(request, _("The live generation stays; the rebuild was dropped."))
+    return back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from argparse import BooleanOptionalAction
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -21,6 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--splitter", choices=["recursive", "tokens", "headings"])
         parser.add_argument("--chunk-size", type=int)
         parser.add_argument("--chunk-overlap", type=int)
+        parser.add_argument(
+            "--chunk-headers", action=BooleanOptionalAction, help="start each chunk with its page's heading path"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         kb = knowledge_base_named(options["knowledge_base"])
@@ -36,6 +40,7 @@ class Command(BaseCommand):
                 splitter=options["splitter"],
                 chunk_size=options["chunk_size"],
                 chunk_overlap=options["chunk_overlap"],
+                chunk_headers=options["chunk_headers"],
             )
         except DomainError as exc:
             raise CommandError(str(exc)) from exc

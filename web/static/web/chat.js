@@ -226,6 +226,9 @@ document.addEventListener("DOMContentLoaded", () => {
     const response = await apiFetch("/api/v1/messages/" + article.dataset.messageId + "/feedback/", { method: "POST", json: { value } });
     if (!response.ok) { showError(await apiErrorText(response)); return; }
     for (const other of article.querySelectorAll(".js-feedback")) other.classList.toggle("chosen", Number(other.dataset.value) === value);
+    // An admin may add an answer marked good to an evaluation set.
+    const evalAdd = article.querySelector(".js-eval-add");
+    if (evalAdd) evalAdd.hidden = value !== 1;
   });
 
   const summary = document.querySelector(".js-summary");

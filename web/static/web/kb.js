@@ -1,5 +1,6 @@
 // A knowledge base's page: upload by drag and drop, follow ingestion live, delete documents,
-// hit testing. Everything goes through the REST API with the session cookie (apiFetch, app.js).
+// hit testing, where an admin may add a result to an evaluation set. Everything goes through the
+// REST API with the session cookie (apiFetch, app.js), the last through the evaluation page's view.
 // Document names, texts and failure reasons come from uploaded files, which anyone in the team
 // may have written: they are only ever inserted with textContent.
 "use strict";
@@ -289,7 +290,40 @@ document.addEventListener("DOMContentLoaded", () => {
   const searchError = document.getElementById("search-error");
   const searchStatus = document.getElementById("search-status");
 
-  function hitItem(hit) {
+  // Admins get, next to each result, a form that adds the query as a question of an evaluation
+  // set expecting this result's document (the server's template, with its CSRF token).
+  const evalAddTemplate = document.getElementById("eval-add-template");
+
+  function evalAddForm(query, documentName) {
+    const form = evalAddTemplate.content.firstElementChild.cloneNode(true);
+    form.elements.question.value = query;
+    form.elements.expected_document.value = documentName;
+    const status = form.querySelector(".js-eval-status");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button[type=submit]");
+      button.disabled = true;
+      status.className = "js-eval-status muted";
+      status.textContent = text("adding");
+      try {
+        const response = await apiFetch(form.action, {
+          method: "POST",
+          body: new FormData(form),
+          headers: { Accept: "application/json" },
+        });
+        if (!response.ok) throw new Error(await apiErrorText(response));
+        status.className = "js-eval-status ok";
+        status.textContent = (await response.json()).message;
+      } catch (error) {
+        status.className = "js-eval-status error";
+        status.textContent = error.message;
+        button.disabled = false;
+      }
+    });
+    return form;
+  }
+
+  function hitItem(hit, query) {
     const item = document.createElement("li");
     item.className = "hit";
     item.dataset.testid = "hit";
@@ -319,10 +353,11 @@ document.addEventListener("DOMContentLoaded", () => {
     body.dataset.testid = "hit-text";
     body.textContent = hit.text;
     item.append(meta, body);
+    if (evalAddTemplate) item.appendChild(evalAddForm(query, hit.document_name));
     return item;
   }
 
-  function hitColumn(mode, hits) {
+  function hitColumn(mode, hits, query) {
     const column = document.createElement("div");
     column.className = "hit-column";
     column.dataset.mode = mode;
@@ -339,7 +374,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     const list = document.createElement("ol");
     list.className = "hits";
-    for (const hit of hits) list.appendChild(hitItem(hit));
+    for (const hit of hits) list.appendChild(hitItem(hit, query));
     column.appendChild(list);
     return column;
   }
@@ -368,7 +403,7 @@ document.addEventListener("DOMContentLoaded", () => {
       searchStatus.textContent = text("searching");
       try {
         const results = await Promise.all(modes.map((mode) => searchOnce(query, topK, mode)));
-        searchResults.replaceChildren(...modes.map((mode, index) => hitColumn(mode, results[index])));
+        searchResults.replaceChildren(...modes.map((mode, index) => hitColumn(mode, results[index], query)));
         searchResults.classList.toggle("side-by-side", modes.length > 1);
       } catch (error) {
         showError(searchError, text("search-failed") + " " + error.message);
