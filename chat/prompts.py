@@ -1,10 +1,5 @@
 """Prompts as named constants."""
 
-REWRITE_SYSTEM = (
-    "Rewrite the user's last question as one standalone question that can be understood without the "
-    "conversation. Keep names and numbers. Answer with the question only."
-)
-
 ANSWER_WITH_SOURCES = (
     "Answer from the numbered sources below. Cite the sources you use as [1], [2] right after the "
     "sentence they support. If the sources do not contain the answer, say that you do not know.\n\n"

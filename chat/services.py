@@ -1,4 +1,4 @@
-"""Writes and the turn itself: rewrite → retrieve → prompt (system prompt, running summary, recent
+"""Writes and the turn itself: retrieval query → retrieve → prompt (system prompt, running summary, recent
 turns, numbered sources) → answer → save with citations and usage → fold old turns into the summary.
 
 A turn is prepared and finished by sync functions (database, retrieval) shared by the streaming
@@ -18,6 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from accounts.models import Team, User
 from accounts.quotas import quota_check, quota_release, quota_reserve, usage_record
 from chat import prompts
+from chat.followups import retrieval_query
 from chat.memory import estimate_prompt_tokens, estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
@@ -32,7 +33,6 @@ from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 
 logger = logging.getLogger(__name__)
-REWRITE_MAX_TOKENS = 64
 SNIPPET_CHARS = 300
 CITATION = re.compile(r"\[(\d{1,2})\]")
 
@@ -319,7 +319,7 @@ def _history(conversation: Conversation, before_id: int) -> list[Message]:
 def invoke_metered(
     *, llm: ModelRegistration, prompt: list[BaseMessage], max_tokens: int, team_id: int, user_id: int
 ) -> BaseMessage:
-    """One whole (not streamed) model call for the platform's own needs (rewrite, summary, title),
+    """One whole (not streamed) model call for the platform's own needs (summary, title, drafts),
     metered to the team and user it serves."""
     answer = chat_model_for(llm).invoke(prompt, max_tokens=max_tokens)
     usage = getattr(answer, "usage_metadata", None) or {}
@@ -331,24 +331,6 @@ def invoke_metered(
         tokens_out=usage.get("output_tokens") or estimate_tokens(str(answer.content)),
     )
     return answer
-
-
-def _rewrite(llm: ModelRegistration, recent: list[Turn], question: str, *, team_id: int, user_id: int) -> str:
-    """A standalone query for retrieval; the question itself when the model fails or rambles."""
-    transcript = "\n".join(f"{turn.role}: {turn.content[:500]}" for turn in recent[-4:])
-    try:
-        answer = invoke_metered(
-            llm=llm,
-            prompt=[SystemMessage(prompts.REWRITE_SYSTEM), HumanMessage(f"{transcript}\nuser: {question}")],
-            max_tokens=REWRITE_MAX_TOKENS,
-            team_id=team_id,
-            user_id=user_id,
-        )
-    except Exception:  # retrieval must not fail because the rewrite did
-        logger.warning("query rewrite failed; searching with the question as asked", exc_info=True)
-        return question
-    rewritten = str(answer.content).strip().splitlines()[0] if str(answer.content).strip() else ""
-    return rewritten if 3 <= len(rewritten) <= 4 * len(question) + 200 else question
 
 
 def _source(index: int, hit: Hit) -> dict[str, Any]:
@@ -377,16 +359,16 @@ def answer_plan(
     extra_system: str = "",
     max_tokens: int | None = None,
 ) -> AnswerPlan:
-    """Rewrite (when there is history) → retrieve → prompt: system prompt, running summary, recent
-    turns and the question, each within the assistant's budget, with numbered sources. The quota
+    """Retrieval query (a follow-up with the previous question, chat.followups) → retrieve →
+    prompt: system prompt, running summary, recent turns and the question, each within the
+    assistant's budget, with numbered sources. The quota
     is checked before any model call and the answer's tokens reserved last (its size bounded by
     what the quota has left); the caller settles the reservation with usage_record."""
     quota_check(team_id=team_id, user_id=user_id)
     query = question
     hits: list[Hit] = []
     if knowledge_bases:
-        if recent:
-            query = _rewrite(assistant.llm, recent, question, team_id=team_id, user_id=user_id)
+        query = retrieval_query([turn.content for turn in recent if turn.role == Message.Role.USER], question)
         # The embedding model down raises ModelUnavailable (503) from the search itself.
         hits = kb_search(
             knowledge_bases=knowledge_bases,

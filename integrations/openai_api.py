@@ -291,7 +291,7 @@ class Completion:
 
 
 def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> Completion:
-    """Quota, then the same rewrite → retrieve → prompt as a conversation turn, from the request's
+    """Quota, then the same retrieval query → retrieve → prompt as a conversation turn, from the request's
     messages: system messages join the assistant's system prompt, earlier turns fill the recent
     window, the last user message is the question."""
     assistant = _assistant_named(api_key.team, data["model"])

@@ -22,7 +22,12 @@ from kb.vector_indexes import embedding_expression, index_predicate, vector_type
 from models_registry.langchain_models import embeddings_for, reranker_for
 from models_registry.models import ModelRegistration
 
-RRF_K = 60  # the constant of reciprocal rank fusion (Cormack et al.)
+# The constant of reciprocal rank fusion. Cormack et al. used 60 over many long lists; over our
+# two lists of natural questions' candidates a smaller one lets a list's clear first place count:
+# hybrid recall@1 English 0.629 -> 0.636, Chinese 0.618 -> 0.627, Chinese recall@5 0.946 -> 0.973
+# (the prototype on bench/questions, all-MiniLM-L6-v2).
+RRF_K = 10
+HYBRID_MIN_POOL = 30
 
 
 class SearchError(DomainError):
@@ -62,8 +67,14 @@ def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchReques
         raise SearchError("top_k must be between 1 and 100")
     if not knowledge_bases:
         return []
-    # MMR and rerank choose among more candidates than they return.
-    pool = request.top_k * 4 if (request.mmr or request.rerank_model) else request.top_k
+    # MMR and rerank choose among more candidates than they return; fusion needs each list deeper
+    # than top_k, or a chunk ranked 12th by one list and 2nd by the other gets one vote.
+    if request.mmr or request.rerank_model:
+        pool = request.top_k * 4
+    elif request.mode == RetrievalMode.HYBRID:
+        pool = max(request.top_k * 3, HYBRID_MIN_POOL)
+    else:
+        pool = request.top_k
     vector_hits: list[Hit] = []
     if request.mode in ("vector", "hybrid") or request.mmr:
         vector_hits = _vector_search(knowledge_bases, request, pool)

@@ -328,8 +328,9 @@ def test_other_teams_reach_nothing(chat_setup, other_team, outsider) -> None:
 
 
 def test_every_model_call_is_metered_to_the_team(chat_setup) -> None:
-    """Answers, the follow-up's query rewrite and the title are all model calls on the team's
-    LLM: each is a request in the team's usage (before, only answers were)."""
+    """Answers and the title are all model calls on the team's LLM: each is a request in the
+    team's usage (before, only answers were). A follow-up costs no extra call: it is searched
+    with the previous question (chat.followups)."""
     conversation = new_conversation(chat_setup, chat_setup["kb_assistant"])
     url = f"/api/v1/conversations/{conversation.pk}/messages/"
     for question in ["Where is the vault key kept?", "And who may open it?"]:
@@ -340,7 +341,10 @@ def test_every_model_call_is_metered_to_the_team(chat_setup) -> None:
     assert Message.objects.filter(conversation=conversation, role="assistant").exclude(retrieval_query="").count() == 2
     # The title's usage is recorded before the title is written.
     usage = Usage.objects.filter(team=chat_setup["team"]).aggregate(n=Sum("requests"), tokens=Sum("tokens_in"))
-    assert usage["n"] >= 4  # two answers, one rewrite, one title
+    assert usage["n"] >= 3  # two answers, one title
+    follow_up = Message.objects.filter(conversation=conversation, role="assistant").order_by("pk").last()
+    assert follow_up is not None
+    assert follow_up.retrieval_query == "Where is the vault key kept? And who may open it?"
     assert usage["tokens"] > 0
 
 
