@@ -30,6 +30,7 @@ from chat.selectors import conversations_visible
 from chatplatform.domain_errors import DomainError
 from evaluation.api import MAX_IMPORT_BYTES, sets_with_counts
 from evaluation.drafting import MAX_DRAFT_DOCUMENTS, MAX_PER_DOCUMENT, drafting_start
+from evaluation.metrics import METRIC_NAMES
 from evaluation.models import EvaluationItem, EvaluationRun, EvaluationSet, ItemSource, ItemStatus, RunStatus
 from evaluation.services import (
     GATE_MODE,
@@ -57,16 +58,7 @@ DOCUMENTS_SHOWN = 200  # offered for drafting
 HISTORY_RUNS = 30  # points of a set's chart
 DIFF_CHOICES = 100  # finished runs offered for the diff
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
-FIGURE_METRICS = (
-    "recall@1",
-    "recall@5",
-    "recall@10",
-    "mrr@10",
-    "ndcg@10",
-    "answer_in_chunk@5",
-    "latency_p50_ms",
-    "latency_p95_ms",
-)
+FIGURE_METRICS = METRIC_NAMES
 # Column headers where the metric's name is long (the full name is the header's tooltip).
 FIGURE_HEADERS = {"latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms"}
 FIGURE_COLUMNS = [(name, FIGURE_HEADERS.get(name, name)) for name in FIGURE_METRICS]
