@@ -86,6 +86,9 @@ class RunInputSerializer(StrictFieldsMixin, serializers.Serializer):
     )
     top_k = serializers.IntegerField(min_value=1, max_value=100, default=10)
     rerank_model = serializers.IntegerField(required=False, allow_null=True, help_text="Also score with this reranker.")
+    answer_scoring = serializers.BooleanField(
+        default=False, help_text="The team's chat model also answers each question and judges it (model-judged)."
+    )
 
 
 class EvaluationRunSerializer(serializers.ModelSerializer):
@@ -101,6 +104,7 @@ class EvaluationRunSerializer(serializers.ModelSerializer):
             "modes",
             "top_k",
             "rerank_model",
+            "answer_scoring",
             "generation",
             "candidate_generation",
             "metrics",
@@ -118,7 +122,15 @@ class EvaluationRunSerializer(serializers.ModelSerializer):
 class ResultSerializer(serializers.ModelSerializer):
     class Meta:
         model = EvaluationResult
-        fields = ["question", "expected_documents", "expected_answer", "ranks", "answer_found", "latencies_ms"]
+        fields = [
+            "question",
+            "expected_documents",
+            "expected_answer",
+            "ranks",
+            "answer_found",
+            "latencies_ms",
+            "answer",
+        ]
         read_only_fields = fields
 
 
@@ -245,6 +257,7 @@ class EvaluationSetViewSet(
             top_k=data["top_k"],
             rerank_model=rerank_model,
             created_by=request.user if request.user.is_authenticated else None,
+            answer_scoring=data["answer_scoring"],
         )
         return Response(EvaluationRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 

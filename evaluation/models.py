@@ -96,6 +96,9 @@ class EvaluationRun(models.Model):
     trigger = models.CharField(max_length=10, choices=RunTrigger.choices, default=RunTrigger.MANUAL)
     modes = models.JSONField(default=list)
     top_k = models.PositiveSmallIntegerField(default=10)
+    answer_scoring = models.BooleanField(
+        default=False, help_text="Also have the team's chat model answer and judge (evaluation.answers)."
+    )
     rerank_model = models.ForeignKey(
         "models_registry.ModelRegistration", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
@@ -134,6 +137,7 @@ class EvaluationResult(models.Model):
     expected_answer = models.TextField(blank=True, default="")
     ranks = models.JSONField(default=dict, help_text="Per mode: the first rank of an expected document, or null.")
     answer_found = models.JSONField(default=dict, help_text="Per mode: the expected answer is in a top-5 chunk.")
+    answer = models.JSONField(null=True, blank=True, help_text="With answer scoring: the model's answer, judged.")
     latencies_ms = models.JSONField(default=dict)
     retrieved = models.JSONField(default=dict)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import openai
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
@@ -25,6 +26,7 @@ from chat.models import Message
 from chatplatform.domain_errors import DomainError
 from chatplatform.unset import UNSET, Unset, given
 from evaluation import metrics
+from evaluation.answers import ANSWER_METRICS_KEY, AnswerScore, score_answer, summarize_answers
 from evaluation.models import (
     EvaluationItem,
     EvaluationResult,
@@ -41,6 +43,7 @@ from kb.models import ACTIVE_STATUSES, DocumentStatus, KnowledgeBase, RebuildGat
 from kb.retrieval import SearchRequest, kb_search
 from kb.services import kb_finish_rebuild_if_done
 from models_registry.models import ModelKind, ModelRegistration
+from models_registry.selectors import team_default_model
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +303,12 @@ def run_start(
     rerank_model: ModelRegistration | None = None,
     trigger: str = RunTrigger.MANUAL,
     created_by: User | None = None,
+    answer_scoring: bool = False,
 ) -> EvaluationRun:
-    """A run queued for a worker (the `default` queue, beside chat's `llm`)."""
+    """A run queued for a worker: on the `default` queue, or on `llm` beside chat when the team's
+    model answers too (answer scoring)."""
+    if answer_scoring and (created_by is None or _answer_model(evaluation_set) is None):
+        raise EvaluationError("answer scoring needs the team's default chat model and a person who asks for it")
     run = run_create(
         evaluation_set=evaluation_set,
         modes=modes,
@@ -310,8 +317,15 @@ def run_start(
         trigger=trigger,
         created_by=created_by,
     )
-    transaction.on_commit(partial(_execute_soon, run.pk))
+    if answer_scoring:
+        run.answer_scoring = True
+        run.save(update_fields=["answer_scoring"])
+    transaction.on_commit(partial(_execute_soon, run.pk, answer_scoring))
     return run
+
+
+def _answer_model(evaluation_set: EvaluationSet) -> ModelRegistration | None:
+    return team_default_model(team=evaluation_set.team, kind=ModelKind.LLM)
 
 
 def run_create(
@@ -347,10 +361,10 @@ def run_create(
     )
 
 
-def _execute_soon(run_id: int) -> None:
+def _execute_soon(run_id: int, on_llm_queue: bool = False) -> None:
     from evaluation.tasks import execute_soon
 
-    execute_soon(run_id)
+    execute_soon(run_id, on_llm_queue=on_llm_queue)
 
 
 def knowledge_base_at(kb: KnowledgeBase, generation: int) -> KnowledgeBase:
@@ -419,6 +433,8 @@ def run_execute(*, run_id: int, on_progress: Callable[[int, int], None] | None =
     outcomes: dict[str, list[metrics.QuestionOutcome]] = {mode: [] for mode in modes}
     baseline_outcomes: list[metrics.QuestionOutcome] = []
     results: list[EvaluationResult] = []
+    answer_scores: list[AnswerScore] = []
+    llm = _answer_model(run.evaluation_set) if run.answer_scoring and run.created_by_id else None
     try:
         for index, item in enumerate(items, start=1):
             result = EvaluationResult(
@@ -428,8 +444,10 @@ def run_execute(*, run_id: int, on_progress: Callable[[int, int], None] | None =
                 expected_documents=item.expected_documents,
                 expected_answer=item.expected_answer,
             )
+            first_hits: list[Any] = []
             for mode in modes:
                 hits, latency = _search(scored, item.question, mode, run)
+                first_hits = first_hits or hits
                 outcome = _outcome(hits, item, latency)
                 outcomes[mode].append(outcome)
                 result.ranks[mode] = outcome.rank
@@ -439,6 +457,18 @@ def run_execute(*, run_id: int, on_progress: Callable[[int, int], None] | None =
                     {"document": hit.document_name, "chunk_id": hit.chunk_id, "text": hit.text[:SNIPPET_CHARS]}
                     for hit in hits[:KEPT_CHUNKS]
                 ]
+            if llm is not None:
+                scored_answer = score_answer(
+                    llm=llm,
+                    question=item.question,
+                    sources=[(hit.document_name, hit.text) for hit in first_hits],
+                    expected_documents=item.expected_documents,
+                    expected_answer=item.expected_answer,
+                    team_id=run.team_id,
+                    user_id=int(run.created_by_id or 0),
+                )
+                answer_scores.append(scored_answer)
+                result.answer = scored_answer.as_json()
             if baseline is not None:
                 hits, latency = _search(baseline, item.question, modes[0], run)
                 baseline_outcomes.append(_outcome(hits, item, latency))
@@ -448,8 +478,12 @@ def run_execute(*, run_id: int, on_progress: Callable[[int, int], None] | None =
                 on_progress(index, len(items))
     except DomainError as exc:
         return _fail(run, f"the search failed: {exc}")
+    except openai.APIError as exc:
+        return _fail(run, f"the chat model did not answer ({type(exc).__name__}: {exc}); run it again when it does")
     EvaluationResult.objects.bulk_create(results)
     run.metrics = {mode: metrics.summarize(found) for mode, found in outcomes.items()}
+    if llm is not None:
+        run.metrics[ANSWER_METRICS_KEY] = summarize_answers(answer_scores)
     if baseline is not None:
         run.baseline_metrics = {modes[0]: metrics.summarize(baseline_outcomes)}
     run.document_count = kb.documents.filter(status=DocumentStatus.READY).count()

@@ -30,10 +30,11 @@ def draft(evaluation_set_id: int, document_ids: list[int], per_document: int, us
     )
 
 
-def execute_soon(run_id: int) -> None:
-    """With the broker down the run stays queued and says so; running it again queues it again."""
+def execute_soon(run_id: int, *, on_llm_queue: bool = False) -> None:
+    """With the broker down the run stays queued and says so; running it again queues it again.
+    A run whose questions the chat model answers goes on `llm`, with chat's slots."""
     try:
-        execute.delay(run_id)
+        execute.apply_async(args=(run_id,), queue="llm" if on_llm_queue else "default")
     except BrokerUnavailable:
         logger.warning("could not queue evaluation run %s: the broker is unavailable", run_id)
 

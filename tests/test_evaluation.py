@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.db.models import Sum
 from rest_framework.test import APIClient
 
-from accounts.models import Role
+from accounts.models import Role, Usage
 from chat.models import Message
 from chat.services import assistant_create, conversation_create
 from evaluation.drafting import parse_draft
@@ -24,6 +25,8 @@ from evaluation.models import EvaluationRun, RunTrigger
 from integrations.models import Webhook, WebhookDelivery
 from kb.models import Document, KnowledgeBase
 from models_registry.models import ModelRegistration, Provider
+from models_registry.services import registration_launch, team_defaults_set
+from realservices.offline_models import register_offline_llm
 from tests.conftest import bearer_client, member_of
 from tests.test_kb import all_settled, embedding_model, upload, wait_until
 
@@ -87,8 +90,8 @@ def world(team, xinference, celery_worker):
     return client, kb, set_id
 
 
-def finished_run(client: APIClient, run_id: int) -> dict:
-    wait_until(lambda: client.get(f"/api/v1/evaluation-runs/{run_id}/").json()["status"] in ("done", "failed"))
+def finished_run(client: APIClient, run_id: int, timeout: float = 180) -> dict:
+    wait_until(lambda: client.get(f"/api/v1/evaluation-runs/{run_id}/").json()["status"] in ("done", "failed"), timeout)
     run = client.get(f"/api/v1/evaluation-runs/{run_id}/").json()
     assert run["status"] == "done", run
     return run
@@ -326,3 +329,32 @@ def test_a_drafted_question_keeps_only_an_answer_really_in_the_passage() -> None
     )
     assert parse_draft('{"question": "how often?", "answer": "two times daily"}', passage) == ("how often?", "")
     assert parse_draft("", passage) is None
+
+
+def test_answer_scoring_has_the_teams_model_answer_and_judge_each_question(world) -> None:
+    client, kb, _set_id = world
+    set_id = client.post(
+        f"/api/v1/knowledge-bases/{kb.pk}/evaluation-sets/", {"name": "Answers"}, format="json"
+    ).json()["id"]
+    answered = [row for row in QUESTIONS if row.get("expected_answer")]
+    imported = client.post(f"/api/v1/evaluation-sets/{set_id}/items/", {"file": jsonl(answered)}, format="multipart")
+    assert imported.status_code == 201, imported.json()
+    # Without a default chat model the option is refused, saying what is missing.
+    refused = client.post(f"/api/v1/evaluation-sets/{set_id}/runs/", {"answer_scoring": True}, format="json")
+    assert refused.status_code == 400
+    assert "chat model" in json.dumps(refused.json())
+    llm = registration_launch(registration=register_offline_llm(kb.embedding_model.provider))
+    team_defaults_set(team=kb.team, llm=llm)
+    requests_before = Usage.objects.filter(team=kb.team).aggregate(n=Sum("requests"))["n"] or 0
+    started = client.post(
+        f"/api/v1/evaluation-sets/{set_id}/runs/", {"modes": ["vector"], "answer_scoring": True}, format="json"
+    )
+    assert started.status_code == 202, started.json()
+    run = finished_run(client, started.json()["id"], timeout=600)
+    judged = run["metrics"]["answers (model-judged)"]
+    assert set(judged) == {"answer_contains", "cites_expected_document", "faithfulness"}
+    assert all(value is not None and 0 <= value <= 1 for value in judged.values())
+    assert all(item["answer"]["text"] for item in run["items"])
+    # Two model calls per question (the answer, the judgement), metered to the team.
+    requests_after = Usage.objects.filter(team=kb.team).aggregate(n=Sum("requests"))["n"]
+    assert requests_after - requests_before == 2 * len(answered)
