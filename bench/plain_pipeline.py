@@ -1,11 +1,15 @@
-"""The pipeline our users write by hand, run in its own environment (var/bench-venv: torch CPU,
-sentence-transformers, FAISS, LangChain community loaders): load HTML, split with
-RecursiveCharacterTextSplitter(1000, 200), embed in process with the same model, index in FAISS,
-then answer the retrieval-quality questions (the source files of the 10 best chunks, best first)
-and time searches. Prints one JSON object. Not imported by the platform.
+"""The pipeline our users write by hand, run in its own environment (var/bench/bench-venv: torch
+CPU, sentence-transformers, FAISS, LangChain community loaders): load HTML, split with
+RecursiveCharacterTextSplitter(1000, 200), embed in process with the same model, index in FAISS;
+then answer the quality questions and, when asked, time searches at padded sizes. Not imported by
+the platform.
 
-Arguments: files list, model directory, latency queries (JSON), padded sizes (comma-separated),
-quality questions (JSON)."""
+One argument: a JSON job {"files": [paths], "model_dir": path, "questions": [text],
+"queries": [text], "sizes": [chunk counts]} (queries and sizes may be empty). Prints one JSON
+object: the ingestion's timings, per question its 10 best chunks (`documents`: each chunk's source
+file name, the platform's `original_name`; `texts`; `latency_ms`), each page's text as the loader
+extracted it (`page_texts`), and the padded searches' milliseconds. Scoring is the bench's
+(bench/quality.py, with evaluation.metrics), so both sides are scored by the same code."""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+TOP_K = 10
+
 
 def main() -> None:
-    files = [Path(line) for line in Path(sys.argv[1]).read_text().splitlines() if line]
-    model_dir, queries_file = sys.argv[2], sys.argv[3]
+    job = json.loads(Path(sys.argv[1]).read_text())
+    files = [Path(path) for path in job["files"]]
     from langchain_community.document_loaders import BSHTMLLoader
     from langchain_community.embeddings import HuggingFaceEmbeddings
     from langchain_community.vectorstores import FAISS
@@ -34,29 +40,39 @@ def main() -> None:
     split_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    embeddings = HuggingFaceEmbeddings(model_name=model_dir, encode_kwargs={"batch_size": 64})
+    embeddings = HuggingFaceEmbeddings(model_name=job["model_dir"], encode_kwargs={"batch_size": 64})
     model_load_s = time.perf_counter() - started
 
     started = time.perf_counter()
     store = FAISS.from_documents(chunks, embeddings)
     embed_index_s = time.perf_counter() - started
 
-    # Before any padding: the quality questions are answered from the real chunks only.
-    quality_sources = [
-        [chunk.metadata["source"] for chunk in store.similarity_search(question, k=10)]
-        for question in json.loads(Path(sys.argv[5]).read_text())
-    ]
+    # Before any padding: the questions are answered from the real chunks only. One search first,
+    # unmeasured, as the platform's model has served requests before its runs.
+    store.similarity_search("warm-up", k=TOP_K)
+    answers = []
+    for question in job["questions"]:
+        started = time.perf_counter()
+        found = store.similarity_search(question, k=TOP_K)
+        latency_ms = (time.perf_counter() - started) * 1000
+        answers.append(
+            {
+                "documents": [Path(chunk.metadata["source"]).name for chunk in found],
+                "texts": [chunk.page_content for chunk in found],
+                "latency_ms": latency_ms,
+            }
+        )
 
-    queries = json.loads(Path(queries_file).read_text())
     search_ms = {}
-    for size in [len(chunks), *[int(size) for size in sys.argv[4].split(",")]]:
-        padded = pad_store(store, size)
-        latencies = []
-        for query in queries:
-            started = time.perf_counter()
-            padded.similarity_search(query, k=10)
-            latencies.append((time.perf_counter() - started) * 1000)
-        search_ms[str(size)] = latencies
+    if job["queries"]:
+        for size in [len(chunks), *job["sizes"]]:
+            padded = pad_store(store, size)
+            latencies = []
+            for query in job["queries"]:
+                started = time.perf_counter()
+                padded.similarity_search(query, k=TOP_K)
+                latencies.append((time.perf_counter() - started) * 1000)
+            search_ms[str(size)] = latencies
     print(
         json.dumps(
             {
@@ -67,9 +83,11 @@ def main() -> None:
                 "model_load_s": model_load_s,
                 "embed_index_s": embed_index_s,
                 "total_s": load_s + split_s + model_load_s + embed_index_s,
+                "answers": answers,
+                "page_texts": {Path(page.metadata["source"]).name: page.page_content for page in documents},
                 "search_ms": search_ms,
-                "quality_sources": quality_sources,
-            }
+            },
+            ensure_ascii=False,
         )
     )
 

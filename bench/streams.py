@@ -20,16 +20,13 @@ import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from run import BASE_DIR, log, percentile
+from run import BASE_DIR, log, percentile, services_env, start_web
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
 SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "20"))
@@ -80,12 +77,6 @@ class FakeGpuModelServer(ThreadingHTTPServer):
     daemon_threads = True
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def first_token_ms(client: Any, url: str, body: dict[str, Any], headers: dict[str, str]) -> float | None:
     started = time.perf_counter()
     first = None
@@ -103,16 +94,12 @@ def main() -> None:
     import django
 
     django.setup()
-    import httpx
-    from django.conf import settings
     from django.core.management import call_command
-    from django.db import connection
 
     from accounts.models import User
     from accounts.services import api_key_create, platform_bootstrap
     from chat.services import assistant_create, conversation_create
     from models_registry.services import provider_create, registration_create
-    from realservices.workers import database_url_of
 
     call_command("migrate", verbosity=0)
     team = platform_bootstrap().team
@@ -129,39 +116,8 @@ def main() -> None:
     ]
     _key, secret = api_key_create(user=user, team=team, name=name)
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url_of(connection.settings_dict),
-        "REDIS_URL": settings.REDIS_URL,
-        "API_RATE_LIMIT_KEY_PER_MINUTE": "1000000",
-        "API_RATE_LIMIT_TEAM_PER_MINUTE": "1000000",
-    }
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "chatplatform.asgi:application",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=BASE_DIR,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
+    web, base = start_web(services_env())
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{base}/login/", timeout=2)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
         figures = asyncio.run(measure(base, fake_url, secret, conversations))
     finally:
         web.terminate()
