@@ -34,7 +34,7 @@ from evaluation.services import (
 from kb.models import RetrievalMode
 from models_registry.models import ModelKind, ModelRegistration
 from restapi.pagination import IdCursorPagination
-from restapi.serializers import StrictFieldsMixin
+from restapi.serializers import StrictFieldsMixin, validated
 from restapi.viewsets import TeamScopedViewSet
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
@@ -147,12 +147,6 @@ def sets_with_counts(queryset: QuerySet[EvaluationSet]) -> QuerySet[EvaluationSe
         item_count=Count("items", filter=Q(items__status=ItemStatus.ACCEPTED)),
         draft_count=Count("items", filter=Q(items__status=ItemStatus.DRAFT)),
     )
-
-
-def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 class EvaluationSetViewSet(

@@ -316,10 +316,8 @@ def run_start(
         rerank_model=rerank_model,
         trigger=trigger,
         created_by=created_by,
+        answer_scoring=answer_scoring,
     )
-    if answer_scoring:
-        run.answer_scoring = True
-        run.save(update_fields=["answer_scoring"])
     transaction.on_commit(partial(_execute_soon, run.pk, answer_scoring))
     return run
 
@@ -337,6 +335,7 @@ def run_create(
     trigger: str = RunTrigger.MANUAL,
     created_by: User | None = None,
     candidate_generation: int | None = None,
+    answer_scoring: bool = False,
 ) -> EvaluationRun:
     if not 1 <= top_k <= 100:
         raise EvaluationError("top_k must be between 1 and 100")
@@ -358,6 +357,7 @@ def run_create(
         generation=kb.generation,
         candidate_generation=candidate_generation,
         created_by=created_by,
+        answer_scoring=answer_scoring,
     )
 
 

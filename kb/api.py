@@ -45,7 +45,7 @@ from kb.services import (
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 from restapi.pagination import IdCursorPagination
-from restapi.serializers import StrictFieldsMixin
+from restapi.serializers import StrictFieldsMixin, validated
 from restapi.viewsets import TeamScopedModelViewSet, TeamScopedViewSet
 
 
@@ -250,7 +250,7 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
     def search(self, request: Request, pk: str | None = None) -> Response:
         """Hit testing: the chunks and scores a query retrieves, in the mode asked for."""
         kb = self.get_object()
-        data = _validated(SearchInputSerializer, request.data)
+        data = validated(SearchInputSerializer, request.data)
         rerank_model = None
         if data.get("rerank_model") is not None:
             rerank_model = (
@@ -337,7 +337,7 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
             sets = sets_with_counts(kb.evaluation_sets.all())
             return Response(EvaluationSetSerializer(sets, many=True).data)
         self.require_role(kb.team_id, Role.ADMIN)
-        data = _validated(EvaluationSetSerializer, request.data)
+        data = validated(EvaluationSetSerializer, request.data)
         evaluation_set = evaluation_set_create(
             kb=kb,
             name=data.get("name", ""),
@@ -346,12 +346,6 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
         )
         created = sets_with_counts(kb.evaluation_sets.filter(pk=evaluation_set.pk)).get()
         return Response(EvaluationSetSerializer(created).data, status=status.HTTP_201_CREATED)
-
-
-def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
 
 
 def _optional_bool(data: dict[str, Any], key: str) -> bool | None:

@@ -21,3 +21,10 @@ class StrictFieldsMixin:
                     {name: "Unknown field: remove it (the fields are listed at /api/docs/)." for name in unknown}
                 )
         return super().to_internal_value(data)  # type: ignore[misc]
+
+
+def validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    """A request body checked by `serializer_class` (a 400 naming each bad field), as a dict."""
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
