@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
+TEST_PROCESSES ?= 2
 
 .PHONY: run test lint typecheck bench bench-chunking bench-streams drills lock messages clean
 
@@ -27,19 +28,20 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# django-stubs imports the settings; placeholder URLs keep it from starting the embedded servers
-# (mypy exits without running atexit hooks, which would leave them running).
+# django-stubs imports the settings, which need the service URLs; mypy never connects to them.
 typecheck: $(VENV)/.dev
 	DATABASE_URL=postgres://typecheck@localhost/typecheck REDIS_URL=redis://localhost:6379/0 $(VENV)/bin/mypy
 
 # Tests use their own var/ (CHATPLATFORM_VAR_DIR) so they never touch a running platform's data.
+# TEST_PROCESSES run the test files in parallel (pytest-xdist, a file per process at a time), each
+# with its own embedded PostgreSQL, Redis, Celery worker and Xinference (tests/session_services.py).
 # The browser tests drive Debian's Chromium (Playwright's own browser download needs the internet).
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
-	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest
+	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Figures for the README and the notes; never part of `make test`.
 bench: $(VENV)/.dev

@@ -7,6 +7,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

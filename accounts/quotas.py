@@ -17,7 +17,7 @@ from django.db.models import F, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import Quota, QuotaReservation, Usage
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 
 # A reservation whose call never settled (its process died) stops counting after this long.
 RESERVATION_TTL = timedelta(minutes=15)

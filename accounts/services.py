@@ -16,7 +16,7 @@ from django.utils.text import slugify
 from accounts.models import ApiKey, Membership, Role, Scope, Team, User
 from accounts.selectors import api_key_hash, api_key_is_stale
 from chat.rooms import room_access_changed
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 
 API_KEY_PREFIX = "cp_"
 API_KEY_VISIBLE_CHARS = 12

@@ -42,6 +42,9 @@ def ingest_and_wait(kb, files: list[Path]) -> float:  # type: ignore[no-untyped-
 def main() -> None:
     import django
 
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
     django.setup()
     from django.core.management import call_command
 

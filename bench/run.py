@@ -299,6 +299,9 @@ def plain_pipeline(
 def main() -> None:
     import django
 
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
     django.setup()
     import numpy as np
     from django.conf import settings

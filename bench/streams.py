@@ -93,6 +93,9 @@ async def first_token_ms(client: Any, url: str, body: dict[str, Any], headers: d
 def main() -> None:
     import django
 
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
     django.setup()
     from django.core.management import call_command
 

@@ -36,7 +36,7 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from kb.models import KnowledgeBase
 from kb.selectors import knowledge_bases_visible
 from kb.services import documents_upload

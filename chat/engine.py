@@ -20,7 +20,7 @@ from typing import Any, cast
 from chat.memory import estimate_tokens
 from chat.models import MessageStatus
 from chat.services import AnswerPlan
-from chatplatform.domain_errors import DomainError, model_call_error
+from core.domain_errors import DomainError, model_call_error
 from models_registry.langchain_models import chat_model_for
 
 STOP_CHECK_EVERY_S = 0.25
@@ -80,7 +80,7 @@ class AnswerEngine:
 
     async def start(self) -> None:
         """Call the model and read its first piece; on failure the stream is closed, nothing kept,
-        and chatplatform.domain_errors.model_call_error says why (ModelUnavailable, or the
+        and core.domain_errors.model_call_error says why (ModelUnavailable, or the
         configuration's own refusal). Nothing to do for a canned answer."""
         if self.plan.canned_answer is not None or self._upstream is not None:
             return

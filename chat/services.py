@@ -22,8 +22,8 @@ from chat.followups import retrieval_query
 from chat.memory import estimate_prompt_tokens, estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
-from chatplatform.domain_errors import DomainError, model_call_error
-from chatplatform.unset import UNSET, Unset, given
+from core.domain_errors import DomainError, model_call_error
+from core.unset import UNSET, Unset, given
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb.models import KnowledgeBase, RetrievalMode

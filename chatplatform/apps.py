@@ -1,11 +1,4 @@
 from django.apps import AppConfig
-from django.contrib.admin.apps import AdminConfig
-
-
-class ConsoleAdminConfig(AdminConfig):
-    """django.contrib.admin with the console's site (dashboard pages) as the default site."""
-
-    default_site = "chatplatform.admin_site.ConsoleAdminSite"
 
 
 class ChatplatformConfig(AppConfig):

@@ -20,7 +20,7 @@ from asgiref.typing import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallab
 from django.conf import settings
 from django.urls import Resolver404, resolve
 
-from chatplatform.sizes import format_bytes
+from core.sizes import format_bytes
 
 # The views that take files, multipart: a knowledge base's documents, a conversation's files,
 # the admin console's upload page.

@@ -1,7 +1,8 @@
 """Settings, every knob read from the environment (see the README's configuration table).
 
-With no DATABASE_URL or REDIS_URL the embedded PostgreSQL and Redis under CHATPLATFORM_VAR_DIR
-are held for the life of this process (runtime.embedded).
+Importing them starts nothing: DATABASE_URL and REDIS_URL must be set. `make run` (the supervisor)
+and manage.py set them to the embedded PostgreSQL and Redis under CHATPLATFORM_VAR_DIR when the
+operator did not (runtime.embedded.use_embedded_services).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from chatplatform.service_urls import celery_broker_url, parse_database_url, parse_redis_url
-from runtime import embedded
+from runtime.embedded import EMBEDDED_MARKER, var_dir_of
+from runtime.service_urls import celery_broker_url, parse_database_url, parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-VAR_DIR = Path(env.str("CHATPLATFORM_VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
+VAR_DIR = var_dir_of(env.ENVIRON)
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -58,7 +59,7 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "chatplatform.apps.ConsoleAdminConfig",  # django.contrib.admin with the dashboard
+    "console.apps.ConsoleAdminConfig",  # django.contrib.admin with the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -123,9 +124,14 @@ TEMPLATES = [
 # --- services ---------------------------------------------------------------------------------
 
 # Production is "DEBUG off and a database of its own": chatplatform.checks then refuses placeholders.
-DATABASE_EMBEDDED = not env.str("DATABASE_URL", default="")
-DATABASE_URL = env.str("DATABASE_URL", default="") or embedded.postgres_url(VAR_DIR)
-REDIS_URL = env.str("REDIS_URL", default="") or embedded.redis_url(VAR_DIR)
+DATABASE_EMBEDDED = env.bool(EMBEDDED_MARKER, default=False)
+DATABASE_URL = env.str("DATABASE_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="")
+if not DATABASE_URL or not REDIS_URL:
+    raise ImproperlyConfigured(
+        "DATABASE_URL and REDIS_URL are not set: start the platform with `make run` or run `python manage.py`, "
+        "which start the embedded PostgreSQL and Redis, or set both (README, configuration)"
+    )
 try:
     DATABASES = {"default": parse_database_url(DATABASE_URL)}
     parse_redis_url(REDIS_URL)
@@ -337,7 +343,7 @@ KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000
 # --- outbound requests and webhooks ----------------------------------------------------------
 
 # Networks the server may connect to although they are loopback/private/link-local (the SSRF
-# guard, chatplatform.outbound): comma-separated CIDRs, e.g. "10.0.5.0/24,fd00:1::/64".
+# guard, core.outbound): comma-separated CIDRs, e.g. "10.0.5.0/24,fd00:1::/64".
 OUTBOUND_ALLOWED_NETWORKS = env.list("OUTBOUND_ALLOWED_NETWORKS", default=[])
 WEBHOOK_TIMEOUT_S = env.float("WEBHOOK_TIMEOUT_S", default=10.0)
 WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)

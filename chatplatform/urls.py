@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.api import FeedbackView, conversation_messages, conversation_regenerate
-from chatplatform.health import healthz
+from runtime.health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

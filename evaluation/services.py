@@ -23,8 +23,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from chat.models import Message
-from chatplatform.domain_errors import DomainError
-from chatplatform.unset import UNSET, Unset, given
+from core.domain_errors import DomainError
+from core.unset import UNSET, Unset, given
 from evaluation import metrics
 from evaluation.answers import ANSWER_METRICS_KEY, AnswerScore, score_answer, summarize_answers
 from evaluation.models import (

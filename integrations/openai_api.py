@@ -44,7 +44,7 @@ from chat.services import (
     answer_plan,
     assistant_default_for,
 )
-from chatplatform.domain_errors import DomainError, ModelUnavailable, model_call_error
+from core.domain_errors import DomainError, ModelUnavailable, model_call_error
 from models_registry.langchain_models import chat_model_for, embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
 from restapi.async_views import body_asks_for_stream, drf_request_through, stream_or_rest

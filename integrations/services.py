@@ -27,8 +27,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import Team, User
-from chatplatform.domain_errors import DomainError
-from chatplatform.outbound import UnresolvableUrl, UnsafeUrl, outbound_url_check, pinned_request_args
+from core.domain_errors import DomainError
+from core.outbound import UnresolvableUrl, UnsafeUrl, outbound_url_check, pinned_request_args
 from integrations.models import PING, DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent
 
 logger = logging.getLogger(__name__)

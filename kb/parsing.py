@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 
 SNIFF_BYTES = 8192
 CHUNK_BYTES = 1024 * 1024

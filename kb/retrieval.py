@@ -15,7 +15,7 @@ import openai
 from django.conf import settings
 from django.db import connection, transaction
 
-from chatplatform.domain_errors import DomainError, ModelUnavailable
+from core.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
 from kb.models import KnowledgeBase, RetrievalMode, VectorIndex
 from kb.vector_indexes import embedding_expression, index_predicate, vector_type

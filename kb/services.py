@@ -16,8 +16,8 @@ from django.core.files import File
 from django.db import connection, transaction
 
 from accounts.models import Team
-from chatplatform.domain_errors import DomainError
-from chatplatform.unset import UNSET, Unset, given
+from core.domain_errors import DomainError
+from core.unset import UNSET, Unset, given
 from evaluation.models import EvaluationItem, ItemStatus
 from kb import dispatch
 from kb.models import (

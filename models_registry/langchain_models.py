@@ -3,7 +3,7 @@ reranker. Built once per process and reused (constructing a ChatOpenAI costs abo
 a registration or provider edited since is rebuilt, because their `updated_at` are part of the
 cache key (a provider's new endpoint or dropped key must take effect in every process).
 
-Every HTTP client in them is the SSRF guard's (chatplatform.outbound): the provider's host is
+Every HTTP client in them is the SSRF guard's (core.outbound): the provider's host is
 checked and pinned at each request, redirects are not followed (the openai package's own client
 follows them), and error answers reach callers as a short reason, not the server's body."""
 
@@ -22,7 +22,7 @@ from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-from chatplatform.outbound import outbound_async_client, outbound_client
+from core.outbound import outbound_async_client, outbound_client
 from models_registry.credentials import credentials_decrypt
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.providers.base import ProviderUnreachable, ProviderUnsafe, raise_for_answer

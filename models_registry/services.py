@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Team
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from models_registry import embedded_xinference
 from models_registry.credentials import credentials_encrypt
 from models_registry.langchain_models import embeddings_for

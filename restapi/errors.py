@@ -11,8 +11,8 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from chatplatform.domain_errors import DomainError
-from chatplatform.sizes import format_bytes
+from core.domain_errors import DomainError
+from core.sizes import format_bytes
 
 
 def _message(detail: Any) -> str:

@@ -4,7 +4,7 @@ redis-server), started on demand under `var/` and shared by every local process.
 Each server is a daemon with a list of the processes that hold it (pids in `var/run/`). The first
 holder starts it; the last holder to let go stops it. A holder killed without letting go is
 pruned from the list the next time anyone looks, so a crash leaves no server pinned forever.
-This module imports no Django: the supervisor and the settings module both use it.
+This module imports no Django: the supervisor and the entry points that start Django use it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -28,6 +28,27 @@ import psutil
 
 DATABASE_NAME = "chatplatform"
 STARTUP_TIMEOUT_S = 30.0
+BASE_DIR = Path(__file__).resolve().parent.parent
+# Set beside the URLs by use_embedded_services: the settings' DATABASE_EMBEDDED (no production checks).
+EMBEDDED_MARKER = "DATABASE_EMBEDDED"
+
+
+def var_dir_of(environ: Mapping[str, str]) -> Path:
+    """CHATPLATFORM_VAR_DIR, or var/ in the checkout: where the embedded servers keep their data."""
+    return Path(environ.get("CHATPLATFORM_VAR_DIR") or BASE_DIR / "var").resolve()
+
+
+def use_embedded_services(environ: MutableMapping[str, str] = os.environ) -> None:
+    """For the entry points that start Django themselves (manage.py, the tests, the bench, the
+    drills): where DATABASE_URL or REDIS_URL is unset, hold the embedded server for the life of
+    this process and put its URL in the environment, before the settings read it. The settings
+    never start a server: importing them (mypy, a child given its URLs) has no side effect."""
+    var_dir = var_dir_of(environ)
+    if not environ.get("DATABASE_URL"):
+        environ["DATABASE_URL"] = postgres_url(var_dir)
+        environ[EMBEDDED_MARKER] = "1"
+    if not environ.get("REDIS_URL"):
+        environ["REDIS_URL"] = redis_url(var_dir)
 
 
 class EmbeddedServiceError(RuntimeError):

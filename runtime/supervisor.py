@@ -28,9 +28,9 @@ import psycopg
 import redis
 
 from chatplatform.checks import is_placeholder
-from chatplatform.service_urls import parse_database_url, parse_redis_url
 from models_registry import embedded_xinference
 from runtime import embedded
+from runtime.service_urls import parse_database_url, parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 15.0
@@ -71,7 +71,7 @@ def log(message: str) -> None:
 
 
 def read_config(environ: dict[str, str]) -> Config:
-    var_dir = Path(environ.get("CHATPLATFORM_VAR_DIR") or BASE_DIR / "var").resolve()
+    var_dir = embedded.var_dir_of(environ)
     port = read_port(environ, "PORT", "8000")
     xinference_port = None if environ.get("XINFERENCE_ENDPOINT") else read_port(environ, "XINFERENCE_PORT", "9997")
     try:

@@ -1,5 +1,6 @@
-"""Fixtures: real PostgreSQL (settings hold the embedded one under var/test unless DATABASE_URL is
-set), real Redis, and a real Celery worker process against the test database."""
+"""Fixtures: real PostgreSQL and Redis (the embedded ones under this process's var/ unless
+DATABASE_URL and REDIS_URL are set; tests/session_services.py), a real Celery worker process
+against the test database, a real Xinference."""
 
 from __future__ import annotations
 

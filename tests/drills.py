@@ -859,6 +859,9 @@ def main() -> int:
         os.environ["KB_INGEST_LEASE_S"] = os.environ["DRILL_LEASE_S"]
     import django
 
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
     django.setup()
     import httpx
     from django.conf import settings

@@ -23,7 +23,7 @@ from accounts.audit import api_key_use_record
 from accounts.models import ApiKeyUse, Role, Team, Usage
 from accounts.services import api_key_create
 from accounts.tasks import prune_api_key_uses
-from chatplatform.admin_dashboard import bar_chart, queue_depths
+from console.dashboard import bar_chart, queue_depths
 from kb.models import Document, DocumentStatus, KnowledgeBase
 from kb.services import kb_create
 from kb.tasks import ingest

@@ -16,7 +16,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.test import Client, override_settings
 
-from chatplatform.health import WORKER_PING_CACHE_KEY, WORKER_PING_LOCK_KEY
+from runtime.health import WORKER_PING_CACHE_KEY, WORKER_PING_LOCK_KEY
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

@@ -13,7 +13,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from accounts.models import Role
-from chatplatform.outbound import (
+from core.outbound import (
     UnresolvableUrl,
     UnsafeUrl,
     outbound_url_check,

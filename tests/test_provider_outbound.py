@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from accounts.models import Role
-from chatplatform import outbound
+from core import outbound
 from models_registry.langchain_models import chat_model_for, embeddings_for, reranker_for
 from models_registry.models import ModelRegistration, Provider
 from models_registry.providers import client_for

@@ -1,6 +1,6 @@
 import pytest
 
-from chatplatform.service_urls import celery_broker_url, parse_database_url, parse_redis_url
+from runtime.service_urls import celery_broker_url, parse_database_url, parse_redis_url
 
 
 def test_socket_directory_in_database_url_is_decoded() -> None:

@@ -33,12 +33,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# The test process's own services: the platform under test finds (or starts) its own.
+PARENT_ONLY_VARIABLES = (
+    "DATABASE_URL",
+    "DATABASE_EMBEDDED",
+    "REDIS_URL",
+    "XINFERENCE_ENDPOINT",
+    "XINFERENCE_EMBEDDED_VENV",
+)
+
+
 def platform_env(var_dir: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "REDIS_URL", "XINFERENCE_ENDPOINT", "XINFERENCE_EMBEDDED_VENV")
-    }
+    env = {key: value for key, value in os.environ.items() if key not in PARENT_ONLY_VARIABLES}
     env.update(
         {
             "CHATPLATFORM_VAR_DIR": str(var_dir),

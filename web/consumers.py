@@ -39,7 +39,7 @@ from chat.rooms import room_group, room_user_group
 from chat.selectors import conversations_visible
 from chat.services import PreparedTurn, room_message_post, turn_prepare
 from chat.streaming import answer_event_items
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from web.views.chat import message_context
 
 logger = logging.getLogger(__name__)

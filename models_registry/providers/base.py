@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from chatplatform.domain_errors import DomainError
-from chatplatform.outbound import UnsafeUrl, outbound_client
+from core.domain_errors import DomainError
+from core.outbound import UnsafeUrl, outbound_client
 
 DEFAULT_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 60.0
@@ -34,7 +34,7 @@ class ProviderUnreachable(ProviderError):
 
 class ProviderRefused(ProviderError):
     """The server answered with an error (or a redirect, which is not followed); its own message
-    is kept, shortened (chatplatform.outbound.upstream_reason). Reported as 400: what a model
+    is kept, shortened (core.outbound.upstream_reason). Reported as 400: what a model
     server refuses is the request a person configured (a wrong name, engine or size)."""
 
     status_code = 400

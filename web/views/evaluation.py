@@ -27,7 +27,7 @@ from accounts.models import Role, User
 from accounts.selectors import has_team_role
 from chat.models import Message
 from chat.selectors import conversations_visible
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from evaluation.api import MAX_IMPORT_BYTES, sets_with_counts
 from evaluation.drafting import MAX_DRAFT_DOCUMENTS, MAX_PER_DOCUMENT, drafting_start
 from evaluation.metrics import METRIC_NAMES

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chatplatform.domain_errors import DomainError
+from core.domain_errors import DomainError
 from kb.management.commands.kb_import import knowledge_base_named
 from kb.services import kb_rebuild
 from models_registry.models import ModelRegistration

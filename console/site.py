@@ -1,5 +1,5 @@
-"""The admin console's site: Django's admin plus the dashboard pages (chatplatform.admin_dashboard).
-Installed as the default admin site by chatplatform.apps.ConsoleAdminConfig, so `admin.site` and
+"""The admin console's site: Django's admin plus the dashboard pages (console.dashboard).
+Installed as the default admin site by console.apps.ConsoleAdminConfig, so `admin.site` and
 every `@admin.register` use it."""
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ class ConsoleAdminSite(admin.AdminSite):
     # The dashboard module imports the model admins, which register on this site: imported when
     # a page is asked for, not while the site itself is being built.
     def dashboard(self, request: HttpRequest) -> HttpResponse:
-        from chatplatform.admin_dashboard import dashboard_view
+        from console.dashboard import dashboard_view
 
         return dashboard_view(request, self)
 
     def dashboard_model_action(self, request: HttpRequest, pk: int, action: str) -> HttpResponse:
-        from chatplatform.admin_dashboard import model_action_view
+        from console.dashboard import model_action_view
 
         return model_action_view(request, self, pk, action)

@@ -1,0 +1,1 @@
+"""The web admin console: Django's admin site with the dashboard pages (usage, queues, models)."""
