@@ -32,10 +32,9 @@ from chat.services import (
     conversation_files_kb,
     conversation_update,
     message_feedback,
-    turn_answer,
     turn_prepare,
 )
-from chat.streaming import event_stream_response, request_stop
+from chat.streaming import event_stream_response, request_stop, turn_answer
 from core.domain_errors import DomainError
 from kb.models import KnowledgeBase
 from kb.selectors import knowledge_bases_visible

@@ -4,7 +4,8 @@ as events. Conversations (SSE), team rooms (WebSocket messages) and the OpenAI-c
 answer that ended is kept (`Finish`): a conversation saves its message, /v1 meters usage.
 
 Events, in order: `sources`, `token`..., then `error` if the model failed, then `usage` and
-`done`. Tool calls will be events of their own here. Whatever way the answer ends (complete,
+`done`. The front doors that do not stream (REST without `stream`, /v1 without it) take the same
+events whole (`answer()`). Tool calls will be events of their own here. Whatever way the answer ends (complete,
 stopped by the user, the model failing, the client going away) the finish runs once, with what
 was written so far; closing the event generator closes the model's stream, so the model stops."""
 
@@ -77,6 +78,7 @@ class AnswerEngine:
     _first_token_ms: int | None = None
     _last_stop_check: float = 0.0
     outcome: AnswerOutcome | None = None  # set once the answer ended
+    failure: Exception | None = None  # why the model failed, when it did
 
     async def start(self) -> None:
         """Call the model and read its first piece; on failure the stream is closed, nothing kept,
@@ -111,6 +113,7 @@ class AnswerEngine:
             await asyncio.shield(self._end(MessageStatus.STOPPED, ""))
             raise
         except Exception as exc:  # the model failed: say so, keep what came
+            self.failure = exc
             status, error = MessageStatus.FAILED, f"the model {self.plan.llm.name} failed: {type(exc).__name__}: {exc}"
             code = exc.code if isinstance(exc, DomainError) else "model_unavailable"
             yield AnswerEvent("error", {"message": error, "code": code})
@@ -125,6 +128,20 @@ class AnswerEngine:
             },
         )
         yield AnswerEvent("done", done)
+
+    async def answer(self) -> AnswerOutcome:
+        """The whole answer at once, for the front doors that do not stream: the same model call,
+        usage and finish as a stream. When the model was down or failed, `finish` has run (with
+        the failed status) and the DomainError to answer with is raised."""
+        async with contextlib.aclosing(self.events()) as events:
+            async for _event in events:
+                pass
+        if self.failure is not None:
+            if isinstance(self.failure, DomainError):
+                raise self.failure
+            raise model_call_error(self.failure, self.plan.llm.name) from self.failure
+        assert self.outcome is not None
+        return self.outcome
 
     async def _texts(self) -> AsyncGenerator[str, None]:
         if self.plan.canned_answer is not None:  # nothing found: said without calling the model

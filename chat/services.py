@@ -22,7 +22,7 @@ from chat.followups import retrieval_query
 from chat.memory import estimate_prompt_tokens, estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
-from core.domain_errors import DomainError, model_call_error
+from core.domain_errors import DomainError
 from core.unset import UNSET, Unset, given
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
@@ -546,28 +546,22 @@ def _after_turn(conversation_id: int) -> None:
         title.delay(conversation_id)
 
 
-def turn_answer(*, turn: PreparedTurn) -> Message:
-    """The whole answer at once (the non-streaming API): 503 when the model is down, nothing half-saved."""
-    started = timezone.now()
-    if turn.canned_answer is not None:
-        return turn_finish(turn=turn, content=turn.canned_answer, status=MessageStatus.COMPLETE, total_ms=0)
-    try:
-        answer = chat_model_for(turn.llm).invoke(turn.prompt, max_tokens=turn.max_tokens)
-    except Exception as exc:
-        Message.objects.filter(pk=turn.assistant_message_id).delete()
+def turn_discard(*, turn: PreparedTurn, called_model: bool, prompt_tokens: int, completion_tokens: int) -> None:
+    """A turn whose answer failed where the client waits for it whole (the non-streaming API): the
+    client gets a 503 and no answer, so no answer is kept (the question stays: regenerate answers
+    it). What the model wrote before it failed was work done, and is metered."""
+    Message.objects.filter(pk=turn.assistant_message_id).delete()
+    if called_model:
+        usage_record(
+            team_id=turn.team_id,
+            user_id=turn.user_id,
+            model_name=turn.llm.name,
+            tokens_in=prompt_tokens,
+            tokens_out=completion_tokens,
+            reservation_id=turn.reservation_id,
+        )
+    else:
         quota_release(reservation_id=turn.reservation_id)
-        raise model_call_error(exc, turn.llm.name) from exc
-    usage = getattr(answer, "usage_metadata", None) or {}
-    elapsed = int((timezone.now() - started).total_seconds() * 1000)
-    return turn_finish(
-        turn=turn,
-        content=str(answer.content),
-        status=MessageStatus.COMPLETE,
-        total_ms=elapsed,
-        time_to_first_token_ms=elapsed,
-        completion_tokens=usage.get("output_tokens"),
-        prompt_tokens=usage.get("input_tokens"),
-    )
 
 
 # --- memory and titles (Celery, llm queue) -----------------------------------------------------

@@ -11,12 +11,13 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.core.cache import cache
 from django.http import StreamingHttpResponse
 
 from chat.engine import AnswerEngine, AnswerOutcome
-from chat.services import PreparedTurn, turn_finish
+from chat.models import Message, MessageStatus
+from chat.services import PreparedTurn, turn_discard, turn_finish
 
 STOP_KEY = "chat:stop:{message_id}"
 
@@ -31,10 +32,19 @@ def request_stop(message_id: int) -> None:
     cache.set(STOP_KEY.format(message_id=message_id), "1", timeout=600)
 
 
-def conversation_engine(turn: PreparedTurn) -> AnswerEngine:
-    """The engine for a conversation's turn: its end saves the assistant's message."""
+def conversation_engine(turn: PreparedTurn, *, whole: bool = False) -> AnswerEngine:
+    """The engine for a conversation's turn: its end saves the assistant's message. `whole`: the
+    client waits for the answer whole, so a failed one is discarded (chat.services.turn_discard)."""
 
     async def save(outcome: AnswerOutcome) -> dict[str, Any]:
+        if whole and outcome.status == MessageStatus.FAILED:
+            await sync_to_async(turn_discard)(
+                turn=turn,
+                called_model=outcome.called_model,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+            )
+            return {}
         message = await sync_to_async(turn_finish)(
             turn=turn,
             content=outcome.content,
@@ -57,6 +67,13 @@ def conversation_engine(turn: PreparedTurn) -> AnswerEngine:
         stop_requested=stop_requested,
         sources_data={"message_id": turn.assistant_message_id},
     )
+
+
+def turn_answer(*, turn: PreparedTurn) -> Message:
+    """The whole answer at once (the non-streaming API), from the same engine as the stream: a
+    DomainError (503) when the model is down or fails, and then no answer kept."""
+    async_to_sync(conversation_engine(turn, whole=True).answer)()
+    return Message.objects.get(pk=turn.assistant_message_id)
 
 
 async def answer_event_items(turn: PreparedTurn) -> AsyncGenerator[Event, None]:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -34,7 +34,7 @@ from accounts.models import ApiKey, Role, Scope, Team, User
 from accounts.permissions import ApiKeyScopePermission
 from accounts.quotas import quota_check, quota_release, usage_record
 from accounts.selectors import has_team_role
-from chat.engine import AnswerEngine, AnswerOutcome, finish_reason_of
+from chat.engine import AnswerEngine, AnswerOutcome
 from chat.memory import estimate_tokens, recent_window
 from chat.models import Assistant
 from chat.services import (
@@ -44,8 +44,8 @@ from chat.services import (
     answer_plan,
     assistant_default_for,
 )
-from core.domain_errors import DomainError, ModelUnavailable, model_call_error
-from models_registry.langchain_models import chat_model_for, embeddings_for
+from core.domain_errors import DomainError, ModelUnavailable
+from models_registry.langchain_models import embeddings_for
 from models_registry.models import ModelKind, ModelRegistration
 from restapi.async_views import body_asks_for_stream, drf_request_through, stream_or_rest
 
@@ -327,37 +327,22 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def completion_answer(completion: Completion) -> dict[str, Any]:
-    """The whole answer at once; 503 when the model is down."""
-    plan = completion.plan
-    if plan.canned_answer is not None:
-        content, finish, prompt_tokens, completion_tokens = plan.canned_answer, "stop", 0, 0
-    else:
-        try:
-            answer = chat_model_for(plan.llm).invoke(plan.prompt, **completion.model_kwargs)
-        except Exception as exc:
-            quota_release(reservation_id=plan.reservation_id)
-            raise model_call_error(exc, plan.llm.name) from exc
-        content = str(answer.content)
-        usage = getattr(answer, "usage_metadata", None) or {}
-        prompt_tokens = usage.get("input_tokens") or plan.prompt_tokens
-        completion_tokens = usage.get("output_tokens") or estimate_tokens(content)
-        finish = finish_reason_of(answer.response_metadata)
-        usage_record(
-            team_id=plan.team_id,
-            user_id=plan.user_id,
-            model_name=plan.llm.name,
-            tokens_in=prompt_tokens,
-            tokens_out=completion_tokens,
-            reservation_id=plan.reservation_id,
-        )
+    """The whole answer at once, from the same engine as the stream; 503 when the model is down."""
+    outcome = async_to_sync(_completion_engine(completion).answer)()
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": completion.model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
-        "usage": _usage(prompt_tokens, completion_tokens),
-        "sources": plan.sources,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": outcome.content},
+                "finish_reason": outcome.finish_reason,
+            }
+        ],
+        "usage": _usage(outcome.prompt_tokens, outcome.completion_tokens),
+        "sources": completion.plan.sources,
     }
 
 
