@@ -12,6 +12,7 @@ PostgreSQL and Redis are the ones that fail. Each drill leaves them running agai
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from django.conf import settings
@@ -22,6 +23,7 @@ from kb.tasks import dispatch
 from models_registry.tasks import reconcile
 from realservices.workers import WorkerProcess
 from realservices.xinference import XinferenceServer
+from runtime import embedded
 from tests import drills
 from tests.conftest import WORKER_LEASE_S
 
@@ -65,8 +67,8 @@ def api_chat(scene: drills.Scene, content: str) -> drills.ChatReply:
 
 
 @pytest.fixture
-def stack(xinference: XinferenceServer, celery_worker: WorkerProcess) -> drills.Stack:
-    return drills.Stack(
+def stack(xinference: XinferenceServer, celery_worker: WorkerProcess) -> Iterator[drills.Stack]:
+    yield drills.Stack(
         var_dir=settings.VAR_DIR,
         xinference=xinference,
         kill_worker=celery_worker.kill,
@@ -75,6 +77,15 @@ def stack(xinference: XinferenceServer, celery_worker: WorkerProcess) -> drills.
         lease_s=WORKER_LEASE_S,
         tick=BeatStandIn(),
     )
+    # Whatever a drill did, or failed halfway through doing, the later tests of this process
+    # get every service back instead of each waiting out its own timeout against a dead one.
+    embedded.embedded_redis(settings.VAR_DIR).restart_if_down()
+    embedded.embedded_postgres(settings.VAR_DIR).restart_if_down()
+    if celery_worker.process is None or celery_worker.process.poll() is not None:
+        celery_worker.start()
+    if xinference.process is None:
+        xinference.start()
+    xinference.launch_default_models()
 
 
 @pytest.fixture
@@ -105,16 +116,10 @@ def test_redis_restarted_mid_ingestion(stack: drills.Stack, scene_for) -> None:
     checked(drills.drill_redis_restart(stack, scene_for("redis"), documents=DOCUMENTS, down_s=DOWN_S))
 
 
-def test_xinference_stopped_mid_ingestion_chat_is_503_then_recovers_by_itself(
-    stack: drills.Stack, scene_for, xinference: XinferenceServer
-) -> None:
-    try:
-        result = checked(
-            drills.drill_xinference_outage(stack, scene_for("xinference"), documents=DOCUMENTS, outage_s=OUTAGE_S)
-        )
-    finally:
-        # Later tests expect the session's Xinference to serve both models, whatever happened here.
-        xinference.launch_default_models()
+def test_xinference_stopped_mid_ingestion_chat_is_503_then_recovers_by_itself(stack: drills.Stack, scene_for) -> None:
+    result = checked(
+        drills.drill_xinference_outage(stack, scene_for("xinference"), documents=DOCUMENTS, outage_s=OUTAGE_S)
+    )
     assert result.replies_while_down
     for reply in result.replies_while_down:
         assert reply.status == 503, reply.describe()
