@@ -14,7 +14,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from runtime.embedded import EMBEDDED_MARKER, var_dir_of
+from runtime.embedded import EMBEDDED_MARKERS, var_dir_of
 from runtime.service_urls import celery_broker_url, parse_database_url, parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ TEMPLATES = [
 # --- services ---------------------------------------------------------------------------------
 
 # Production is "DEBUG off and a database of its own": chatplatform.checks then refuses placeholders.
-DATABASE_EMBEDDED = env.bool(EMBEDDED_MARKER, default=False)
+DATABASE_EMBEDDED = env.bool(EMBEDDED_MARKERS["DATABASE_URL"], default=False)
 DATABASE_URL = env.str("DATABASE_URL", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
 if not DATABASE_URL or not REDIS_URL:

@@ -29,8 +29,9 @@ import psutil
 DATABASE_NAME = "chatplatform"
 STARTUP_TIMEOUT_S = 30.0
 BASE_DIR = Path(__file__).resolve().parent.parent
-# Set beside the URLs by use_embedded_services: the settings' DATABASE_EMBEDDED (no production checks).
-EMBEDDED_MARKER = "DATABASE_EMBEDDED"
+# Set beside each URL use_embedded_services fills in: the settings' DATABASE_EMBEDDED (no production
+# checks), and how a child process (a parallel test worker) tells them from the operator's own.
+EMBEDDED_MARKERS = {"DATABASE_URL": "DATABASE_EMBEDDED", "REDIS_URL": "REDIS_EMBEDDED"}
 
 
 def var_dir_of(environ: Mapping[str, str]) -> Path:
@@ -46,9 +47,18 @@ def use_embedded_services(environ: MutableMapping[str, str] = os.environ) -> Non
     var_dir = var_dir_of(environ)
     if not environ.get("DATABASE_URL"):
         environ["DATABASE_URL"] = postgres_url(var_dir)
-        environ[EMBEDDED_MARKER] = "1"
+        environ[EMBEDDED_MARKERS["DATABASE_URL"]] = "1"
     if not environ.get("REDIS_URL"):
         environ["REDIS_URL"] = redis_url(var_dir)
+        environ[EMBEDDED_MARKERS["REDIS_URL"]] = "1"
+
+
+def forget_inherited_embedded_services(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Drop the URLs of embedded servers a parent process filled in, keeping the operator's own:
+    for a child that holds embedded servers of its own (another var/)."""
+    for url, marker in EMBEDDED_MARKERS.items():
+        if environ.pop(marker, ""):
+            environ.pop(url, None)
 
 
 class EmbeddedServiceError(RuntimeError):

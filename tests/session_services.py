@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.embedded import use_embedded_services
+from runtime.embedded import forget_inherited_embedded_services, use_embedded_services
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _worker and "CHATPLATFORM_VAR_DIR" in os.environ:
     os.environ["CHATPLATFORM_VAR_DIR"] = str(Path(os.environ["CHATPLATFORM_VAR_DIR"]) / _worker)
+    # A worker inherits the controller's environment, the controller's embedded URLs with it.
+    forget_inherited_embedded_services()
 use_embedded_services()
