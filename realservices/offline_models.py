@@ -3,10 +3,20 @@ Xinference provider: the one recipe the tests and the benchmarks use."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from accounts.models import Team
 from models_registry import embedded_xinference
 from models_registry.models import ModelRegistration, Provider
 from models_registry.services import provider_create, registration_create
+
+
+def _venv() -> Path:
+    """The environment whose files the specs name, installed first if it is not yet (a test that
+    registers the models without running them may come before any test that starts Xinference)."""
+    venv_dir = embedded_xinference.default_venv_dir()
+    embedded_xinference.ensure_venv(venv_dir)
+    return venv_dir
 
 
 def _provider(team: Team, endpoint: str, name: str | None) -> Provider:
@@ -21,7 +31,7 @@ def register_offline_embedding(provider: Provider) -> ModelRegistration:
         name="MiniLM",
         provider_model_uid=embedded_xinference.EMBEDDING_UID,
         launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()),
+        custom_spec=embedded_xinference.embedding_spec(_venv()),
         dimensions=embedded_xinference.EMBEDDING_DIMENSIONS,
     )
 
@@ -47,6 +57,6 @@ def register_offline_llm(provider: Provider, *, context_length: int | None = Non
         name="SmolLM2",
         provider_model_uid=embedded_xinference.LLM_UID,
         launch_spec=embedded_xinference.llm_launch(),
-        custom_spec=embedded_xinference.llm_spec(embedded_xinference.default_venv_dir()),
+        custom_spec=embedded_xinference.llm_spec(_venv()),
         context_length=context_length,
     )

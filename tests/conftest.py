@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.services import api_key_create, membership_set
+from models_registry import embedded_xinference
 from realservices.workers import WorkerProcess, database_url_of
 from realservices.xinference import XinferenceServer
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
@@ -141,7 +142,17 @@ def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:
 
 
 @pytest.fixture(scope="session")
-def xinference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XinferenceServer]:
+def xinference_venv() -> Path:
+    """The Xinference environment, holding the offline models' files, installed on first use
+    (about 3 minutes; parallel test processes wait for the one installing it): for tests that
+    read the models' files (specs, tokenizer) without a running server."""
+    venv_dir = embedded_xinference.default_venv_dir()
+    embedded_xinference.ensure_venv(venv_dir)
+    return venv_dir
+
+
+@pytest.fixture(scope="session")
+def xinference(xinference_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[XinferenceServer]:
     """A real Xinference serving the two offline models (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)."""
     server = XinferenceServer(home=tmp_path_factory.mktemp("xinference-home"))
     try:

@@ -22,7 +22,6 @@ from chat.models import Assistant, Conversation, Message
 from chat.services import assistant_create, conversation_create, turn_prepare
 from kb.models import Chunk, Document
 from kb.services import kb_create
-from models_registry import embedded_xinference
 from models_registry.services import registration_launch
 from realservices.offline_models import offline_models_on
 from realservices.xinference import XinferenceServer, free_port
@@ -30,7 +29,6 @@ from tests.conftest import bearer_client, member_of
 from tests.documents import FACT_EN, samples
 
 pytestmark = pytest.mark.django_db(transaction=True)
-VENV = embedded_xinference.default_venv_dir()
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 120) -> None:

@@ -153,7 +153,7 @@ def test_names_are_sanitised(raw: str, clean: str) -> None:
     assert sanitize_name(raw) == clean
 
 
-def test_splitters_respect_size_chinese_punctuation_and_headings(tmp_path: Path) -> None:
+def test_splitters_respect_size_chinese_punctuation_and_headings(tmp_path: Path, xinference_venv: Path) -> None:
     text = "。".join(["青岛是一座美丽的海滨城市"] * 40) + "。"
     sections = parse(write(tmp_path, "zh.txt", text.encode()), "text", "zh.txt")
     chunks = split_sections(sections, splitter=Splitter.RECURSIVE, chunk_size=100, chunk_overlap=10)
@@ -173,7 +173,7 @@ def test_splitters_respect_size_chinese_punctuation_and_headings(tmp_path: Path)
         " > ".join(chunk.metadata["heading_path"]) for chunk in headed_chunks
     ]
 
-    tokenizer = tokenizer_path_for(embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir()))
+    tokenizer = tokenizer_path_for(embedded_xinference.embedding_spec(xinference_venv))
     assert tokenizer is not None
     chunks = split_sections(
         sections, splitter=Splitter.TOKENS, chunk_size=50, chunk_overlap=5, tokenizer_path=tokenizer
@@ -212,8 +212,8 @@ def test_embedding_requests_take_chunks_longest_first_and_split_only_where_paddi
     assert all(len(batch) <= 32 for batch in equal)
 
 
-def test_embedding_lengths_count_the_models_tokens_up_to_its_window() -> None:
-    spec = embedded_xinference.embedding_spec(embedded_xinference.default_venv_dir())
+def test_embedding_lengths_count_the_models_tokens_up_to_its_window(xinference_venv: Path) -> None:
+    spec = embedded_xinference.embedding_spec(xinference_venv)
     english, chinese = FACT_EN, FACT_ZH * 20
     lengths = embedding_lengths([english, chinese], spec)
     assert lengths[0] == token_counter(tokenizer_path_for(spec))(english) + 2

@@ -33,7 +33,6 @@ from tests.conftest import bearer_client, member_of
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
-VENV = embedded_xinference.default_venv_dir()
 
 
 def xinference_provider(team, endpoint: str) -> Provider:
@@ -210,9 +209,9 @@ def test_credentials_are_encrypted_at_rest_and_never_shown(team) -> None:
     assert stored not in page
 
 
-def test_embedded_bootstrap_registers_both_models_as_team_defaults_once(team) -> None:
-    first = embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9997", venv_dir=VENV)
-    second = embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9998", venv_dir=VENV)
+def test_embedded_bootstrap_registers_both_models_as_team_defaults_once(team, xinference_venv) -> None:
+    first = embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9997", venv_dir=xinference_venv)
+    second = embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9998", venv_dir=xinference_venv)
     assert [registration.pk for registration in first] == [registration.pk for registration in second]
     defaults = TeamModelDefaults.objects.get(team=team)
     assert defaults.llm is not None

@@ -20,7 +20,6 @@ from core.outbound import (
     pinned_request_args,
     upstream_reason,
 )
-from models_registry import embedded_xinference
 from models_registry.models import Provider
 from models_registry.services import embedded_models_bootstrap, provider_create
 from tests.conftest import bearer_client, member_of
@@ -167,10 +166,8 @@ def test_an_allowed_network_lets_the_api_register_a_provider_there(team, setting
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("nothing_allowed")
-def test_operator_configured_providers_are_not_checked(team) -> None:
-    embedded_models_bootstrap(
-        team=team, endpoint="http://127.0.0.1:9997", venv_dir=embedded_xinference.default_venv_dir()
-    )
+def test_operator_configured_providers_are_not_checked(team, xinference_venv) -> None:
+    embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9997", venv_dir=xinference_venv)
     assert Provider.objects.get(team=team, is_embedded=True).endpoint == "http://127.0.0.1:9997"
     # Services are the operator's and the tests' path: saving is not judged (calls are, except
     # the embedded Xinference's; see test_provider_outbound.py).

@@ -444,13 +444,10 @@ def test_a_new_endpoint_drops_the_stored_key_unless_a_new_one_is_given(team, ser
     assert unchanged.json()["has_credentials"] is True
 
 
-def test_the_embedded_providers_endpoint_is_the_operators(team) -> None:
-    from models_registry import embedded_xinference
+def test_the_embedded_providers_endpoint_is_the_operators(team, xinference_venv) -> None:
     from models_registry.services import embedded_models_bootstrap
 
-    embedded_models_bootstrap(
-        team=team, endpoint="http://127.0.0.1:9997", venv_dir=embedded_xinference.default_venv_dir()
-    )
+    embedded_models_bootstrap(team=team, endpoint="http://127.0.0.1:9997", venv_dir=xinference_venv)
     embedded = Provider.objects.get(team=team, is_embedded=True)
     admin = bearer_client(member_of(team, Role.ADMIN), team)
     moved = admin.patch(f"/api/v1/providers/{embedded.pk}/", {"endpoint": "http://127.0.0.1:9998"}, format="json")
@@ -459,12 +456,11 @@ def test_the_embedded_providers_endpoint_is_the_operators(team) -> None:
     assert Provider.objects.get(pk=embedded.pk).endpoint == "http://127.0.0.1:9997"
 
 
-def test_only_the_embedded_provider_skips_the_check_at_the_call(team, servers, settings) -> None:
+def test_only_the_embedded_provider_skips_the_check_at_the_call(team, servers, settings, xinference_venv) -> None:
     fake = servers()
-    from models_registry import embedded_xinference
     from models_registry.services import embedded_models_bootstrap
 
-    embedded_models_bootstrap(team=team, endpoint=fake.url, venv_dir=embedded_xinference.default_venv_dir())
+    embedded_models_bootstrap(team=team, endpoint=fake.url, venv_dir=xinference_venv)
     typed = provider_create(team=team, name="typed", kind="xinference", endpoint=fake.url)
     settings.OUTBOUND_ALLOWED_NETWORKS = []
     assert [model.uid for model in client_for(Provider.objects.get(team=team, is_embedded=True)).running_models()]
