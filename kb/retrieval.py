@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,12 +76,16 @@ def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchReques
         pool = max(request.top_k * 3, HYBRID_MIN_POOL)
     else:
         pool = request.top_k
-    vector_hits: list[Hit] = []
-    if request.mode in ("vector", "hybrid") or request.mmr:
-        vector_hits = _vector_search(knowledge_bases, request, pool)
+    needs_vectors = request.mode in (RetrievalMode.VECTOR, RetrievalMode.HYBRID) or request.mmr
+    # The query's embedding is an HTTP call to the model server: the full-text list is searched
+    # while it is under way.
+    query_vectors = _start_query_vectors(knowledge_bases, request.query) if needs_vectors else {}
     fulltext_hits: list[Hit] = []
-    if request.mode in ("fulltext", "hybrid"):
+    if request.mode in (RetrievalMode.FULLTEXT, RetrievalMode.HYBRID):
         fulltext_hits = _fulltext_search(knowledge_bases, request, pool)
+    vector_hits: list[Hit] = []
+    if needs_vectors:
+        vector_hits = _vector_search(knowledge_bases, request, pool, query_vectors)
     if request.mode == "vector":
         hits = vector_hits
     elif request.mode == "fulltext":
@@ -111,18 +116,38 @@ SELECT_HIT = (
 )
 
 
-def _query_vector(model: ModelRegistration, query: str) -> list[float]:
+# Query embeddings in flight while the caller's thread searches full text. Only HTTP calls run
+# here: the clients are built in the caller's thread, which reads the provider from the database.
+QUERY_EMBEDDING_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-embedding")
+
+
+def _start_query_vectors(knowledge_bases: Sequence[KnowledgeBase], query: str) -> dict[int, Future[list[float]]]:
+    """The query's embedding from each embedding model the knowledge bases use, by model id."""
+    calls: dict[int, Future[list[float]]] = {}
+    for kb in knowledge_bases:
+        model = kb.embedding_model
+        if model.pk not in calls:
+            calls[model.pk] = QUERY_EMBEDDING_CALLS.submit(embeddings_for(model).embed_query, query)
+    return calls
+
+
+def _query_vector(model: ModelRegistration, call: Future[list[float]]) -> list[float]:
     """The query's embedding; the embedding model down or refusing is a 503 that says so (the
     search API and chat alike), not a 500."""
     try:
-        return embeddings_for(model).embed_query(query)
+        return call.result()
     except openai.APIError as exc:
         raise ModelUnavailable(
             f"the embedding model {model.name} did not answer ({type(exc).__name__}: {exc}); try again shortly"
         ) from exc
 
 
-def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
+def _vector_search(
+    knowledge_bases: Sequence[KnowledgeBase],
+    request: SearchRequest,
+    limit: int,
+    query_vectors: dict[int, Future[list[float]]],
+) -> list[Hit]:
     """Per embedding model (knowledge bases may differ): exact when the knowledge bases hold at
     most KB_EXACT_SEARCH_MAX_CHUNKS chunks, else an HNSW search on its dimension's index (once
     they are in it: kb.models.VectorIndex).
@@ -141,7 +166,7 @@ def _vector_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequ
     for group in by_model.values():
         model = group[0].embedding_model
         dims = int(model.dimensions or 0)
-        query_vector = json.dumps(_query_vector(model, request.query))
+        query_vector = json.dumps(_query_vector(model, query_vectors[model.pk]))
         where, params = _filters(group, request)
         exact = _at_most_chunks(where, params, settings.KB_EXACT_SEARCH_MAX_CHUNKS)
         if not exact and any(kb.vector_index != VectorIndex.READY for kb in group):
