@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from kb.tasks import dispatch
 from models_registry.tasks import reconcile
-from realservices.workers import WorkerProcess
+from realservices.workers import WorkerProcess, wait_for_worker
 from realservices.xinference import XinferenceServer
 from runtime import embedded
 from tests import drills
@@ -86,6 +86,10 @@ def stack(xinference: XinferenceServer, celery_worker: WorkerProcess) -> Iterato
     if xinference.process is None:
         xinference.start()
     xinference.launch_default_models()
+    # This process's broker connections may predate a Redis restart: the first broadcast on each
+    # fails on its dead socket, and redis-py reconnects it for the next. Ping until the worker
+    # answers, so no later test's own ping is the one that fails.
+    wait_for_worker(timeout=60)
 
 
 @pytest.fixture
