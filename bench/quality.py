@@ -282,7 +282,7 @@ COLUMNS = (
 )
 ROW_LABELS = {
     "hybrid": "platform hybrid (reciprocal rank fusion of both)",
-    "vector": "platform vector (pgvector, exact below 20k chunks; recursive 800/100)",
+    "vector": "platform vector (pgvector, exact below 20k chunks; recursive 1000/150 with chunk headers)",
     "fulltext": "platform fulltext (PostgreSQL tsvector, jieba for Chinese)",
 }
 

@@ -810,7 +810,7 @@ def render(  # type: ignore[no-untyped-def]
     for code, pages in files.items():
         ours, theirs = ingestion[code], plain[code]
         lines += [
-            f"| {code} | platform (upload through the API → ready, 2 ingest workers, recursive 800/100) | "
+            f"| {code} | platform (upload through the API → ready, 2 ingest workers, recursive 1000/150) | "
             f"{ours.chunks} | {ours.seconds:.1f} | {len(pages) / ours.seconds * 60:.0f} | "
             f"{ours.chunks / ours.seconds:.1f} |",
             f"| {code} | plain LangChain (BSHTMLLoader, RCTS 1000/200, in-process embeddings, FAISS) | "
