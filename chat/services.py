@@ -363,7 +363,7 @@ def answer_plan(
     prompt: system prompt, running summary, recent turns and the question, each within the
     assistant's budget, with numbered sources. The quota
     is checked before any model call and the answer's tokens reserved last (its size bounded by
-    what the quota has left); the caller settles the reservation with usage_record."""
+    what the quota has left); the caller settles the reservation with answer_settle."""
     quota_check(team_id=team_id, user_id=user_id)
     query = question
     hits: list[Hit] = []
@@ -413,6 +413,22 @@ def answer_plan(
         )
         plan.reservation_id, plan.max_tokens = reservation.id, reservation.answer_tokens
     return plan
+
+
+def answer_settle(*, plan: AnswerPlan, called_model: bool, prompt_tokens: int, completion_tokens: int) -> None:
+    """Settle the quota `answer_plan` reserved: the model's work metered, or the hold released
+    when the model wrote nothing (a canned answer, a model that failed before its first token)."""
+    if called_model:
+        usage_record(
+            team_id=plan.team_id,
+            user_id=plan.user_id,
+            model_name=plan.llm.name,
+            tokens_in=prompt_tokens,
+            tokens_out=completion_tokens,
+            reservation_id=plan.reservation_id,
+        )
+    else:
+        quota_release(reservation_id=plan.reservation_id)
 
 
 def turn_prepare(*, conversation: Conversation, author: User, content: str, regenerate: bool = False) -> PreparedTurn:
@@ -498,17 +514,7 @@ def turn_finish(
         time_to_first_token_ms=time_to_first_token_ms,
         total_ms=total_ms,
     )
-    if called_model:
-        usage_record(
-            team_id=turn.team_id,
-            user_id=turn.user_id,
-            model_name=turn.llm.name,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            reservation_id=turn.reservation_id,
-        )
-    else:
-        quota_release(reservation_id=turn.reservation_id)
+    answer_settle(plan=turn, called_model=called_model, prompt_tokens=tokens_in, completion_tokens=tokens_out)
     if status != MessageStatus.FAILED:
         # Robust: the answer is saved; a broker that is down costs this turn's title or summary
         # (logged), and the next turn asks for them again.
@@ -551,17 +557,9 @@ def turn_discard(*, turn: PreparedTurn, called_model: bool, prompt_tokens: int, 
     client gets a 503 and no answer, so no answer is kept (the question stays: regenerate answers
     it). What the model wrote before it failed was work done, and is metered."""
     Message.objects.filter(pk=turn.assistant_message_id).delete()
-    if called_model:
-        usage_record(
-            team_id=turn.team_id,
-            user_id=turn.user_id,
-            model_name=turn.llm.name,
-            tokens_in=prompt_tokens,
-            tokens_out=completion_tokens,
-            reservation_id=turn.reservation_id,
-        )
-    else:
-        quota_release(reservation_id=turn.reservation_id)
+    answer_settle(
+        plan=turn, called_model=called_model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )
 
 
 # --- memory and titles (Celery, llm queue) -----------------------------------------------------

@@ -42,6 +42,7 @@ from chat.services import (
     ChatError,
     Turn,
     answer_plan,
+    answer_settle,
     assistant_default_for,
 )
 from core.domain_errors import DomainError, ModelUnavailable
@@ -411,17 +412,12 @@ def _completion_engine(completion: Completion) -> AnswerEngine:
     plan = completion.plan
 
     async def meter(outcome: AnswerOutcome) -> dict[str, Any]:
-        if outcome.called_model:
-            await sync_to_async(usage_record)(
-                team_id=plan.team_id,
-                user_id=plan.user_id,
-                model_name=plan.llm.name,
-                tokens_in=outcome.prompt_tokens,
-                tokens_out=outcome.completion_tokens,
-                reservation_id=plan.reservation_id,
-            )
-        else:
-            await sync_to_async(quota_release)(reservation_id=plan.reservation_id)
+        await sync_to_async(answer_settle)(
+            plan=plan,
+            called_model=outcome.called_model,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+        )
         return {}
 
     return AnswerEngine(plan=plan, finish=meter, model_kwargs=completion.model_kwargs)

@@ -3,20 +3,11 @@ Xinference provider: the one recipe the tests and the benchmarks use."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from accounts.models import Team
 from models_registry import embedded_xinference
 from models_registry.models import ModelRegistration, Provider
 from models_registry.services import provider_create, registration_create
-
-
-def _venv() -> Path:
-    """The environment whose files the specs name, installed first if it is not yet (a test that
-    registers the models without running them may come before any test that starts Xinference)."""
-    venv_dir = embedded_xinference.default_venv_dir()
-    embedded_xinference.ensure_venv(venv_dir)
-    return venv_dir
+from realservices.xinference import installed_venv
 
 
 def _provider(team: Team, endpoint: str, name: str | None) -> Provider:
@@ -31,7 +22,7 @@ def register_offline_embedding(provider: Provider) -> ModelRegistration:
         name="MiniLM",
         provider_model_uid=embedded_xinference.EMBEDDING_UID,
         launch_spec=embedded_xinference.embedding_launch(),
-        custom_spec=embedded_xinference.embedding_spec(_venv()),
+        custom_spec=embedded_xinference.embedding_spec(installed_venv()),
         dimensions=embedded_xinference.EMBEDDING_DIMENSIONS,
     )
 
@@ -57,6 +48,6 @@ def register_offline_llm(provider: Provider, *, context_length: int | None = Non
         name="SmolLM2",
         provider_model_uid=embedded_xinference.LLM_UID,
         launch_spec=embedded_xinference.llm_launch(),
-        custom_spec=embedded_xinference.llm_spec(_venv()),
+        custom_spec=embedded_xinference.llm_spec(installed_venv()),
         context_length=context_length,
     )

@@ -26,6 +26,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def installed_venv() -> Path:
+    """The Xinference environment, holding the offline models' files, installed first if it is
+    not yet (about 3 minutes; processes that need it at once wait for the one installing it)."""
+    venv_dir = embedded_xinference.default_venv_dir()
+    embedded_xinference.ensure_venv(venv_dir)
+    return venv_dir
+
+
 @dataclass
 class XinferenceServer:
     home: Path
@@ -43,8 +51,7 @@ class XinferenceServer:
         return XinferenceClient(self.endpoint, check=False)
 
     def start(self) -> None:
-        venv_dir = embedded_xinference.default_venv_dir()
-        embedded_xinference.ensure_venv(venv_dir)
+        venv_dir = installed_venv()
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / "server.log", "ab")  # noqa: SIM115  # the child keeps writing to it
         self.process = subprocess.Popen(

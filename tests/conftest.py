@@ -20,9 +20,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.services import api_key_create, membership_set
-from models_registry import embedded_xinference
 from realservices.workers import WorkerProcess, database_url_of
-from realservices.xinference import XinferenceServer
+from realservices.xinference import XinferenceServer, installed_venv
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.factories import TeamFactory, UserFactory
 from workers.celery import app as celery_app
@@ -143,12 +142,8 @@ def bearer_client(user, team, scopes: list[str] | None = None) -> APIClient:
 
 @pytest.fixture(scope="session")
 def xinference_venv() -> Path:
-    """The Xinference environment, holding the offline models' files, installed on first use
-    (about 3 minutes; parallel test processes wait for the one installing it): for tests that
-    read the models' files (specs, tokenizer) without a running server."""
-    venv_dir = embedded_xinference.default_venv_dir()
-    embedded_xinference.ensure_venv(venv_dir)
-    return venv_dir
+    """For tests that read the offline models' files (specs, tokenizer) without a running server."""
+    return installed_venv()
 
 
 @pytest.fixture(scope="session")
