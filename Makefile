@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.9
 TEST_PROCESSES ?= 2
 
-.PHONY: run test lint typecheck bench bench-chunking bench-streams drills lock messages clean
+.PHONY: run test lint typecheck bench bench-chunking bench-streams bench-serving drills lock messages clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -41,7 +41,7 @@ typecheck: $(VENV)/.dev
 
 test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
-	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
+	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 # Figures for the README and the notes; never part of `make test`.
 bench: $(VENV)/.dev
@@ -56,6 +56,11 @@ drills: $(VENV)/.dev
 # 50 chat streams at once through the web tier, against a model server that stands in for a GPU.
 bench-streams: $(VENV)/.dev
 	$(PY) bench/streams.py
+
+# The web tier under many API clients: one process against `make run`'s processes and pool, then a
+# load run (200 API-key clients mixing reads, search, uploads and chat for a minute).
+bench-serving: $(VENV)/.dev
+	$(PY) bench/serving.py
 
 # The chunking default's evidence: the corpus ingested once per setting, quality per mode.
 bench-chunking: $(VENV)/.dev

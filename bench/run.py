@@ -169,6 +169,24 @@ def source_state() -> str:
     return f"commit {commit}, with uncommitted changes to {', '.join(changed)}"
 
 
+def platform_setup():  # type: ignore[no-untyped-def]
+    """This process on the embedded PostgreSQL and Redis, Django set up and migrated; the default
+    team and its admin user."""
+    import django
+
+    from runtime.embedded import use_embedded_services
+
+    use_embedded_services()
+    django.setup()
+    from django.core.management import call_command
+
+    from accounts.models import User
+    from accounts.services import platform_bootstrap
+
+    call_command("migrate", verbosity=0)
+    return platform_bootstrap().team, User.objects.get(username="admin")
+
+
 def services_env() -> dict[str, str]:
     """The environment of the bench's web and worker processes: this process's database and
     Redis, and rate limits a bench does not trip over (it polls runs, uploads in batches)."""
@@ -186,8 +204,8 @@ def services_env() -> dict[str, str]:
     }
 
 
-def start_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn serving chatplatform.asgi in its own process on a free loopback port, once it
+def start_web(env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn serving chatplatform.asgi (`workers` processes) on a free loopback port, once it
     answers; the process and its base URL."""
     import httpx
 
@@ -204,6 +222,8 @@ def start_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
             str(port),
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         cwd=BASE_DIR,
         env=env,

@@ -5,7 +5,7 @@ model is FakeGpuModelServer: an OpenAI-compatible server that answers every requ
 parallel, as a GPU server with continuous batching would (first token after FAKE_FIRST_TOKEN_S,
 then a token every FAKE_TOKEN_INTERVAL_S). It stands in only for the GPU this machine lacks.
 
-Everything else is real: uvicorn serving chatplatform.asgi in its own process, the embedded
+Everything else is real: uvicorn serving chatplatform.asgi as `make run` does (a process per core), the embedded
 PostgreSQL and Redis, API-key authentication, rate limits, the audit log, turn_prepare, the SSE
 view and the saved message. Each stream is a POST to /api/v1/conversations/{id}/messages/ with
 "stream": true in its own conversation, timed by the client from the request to the first token
@@ -26,13 +26,14 @@ from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from run import BASE_DIR, log, percentile, services_env, start_web
+from run import BASE_DIR, log, percentile, platform_setup, services_env, start_web
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
 SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "20"))
 FAKE_FIRST_TOKEN_S = 0.05
 FAKE_TOKEN_INTERVAL_S = 0.02
 FAKE_TOKENS = 32
+WEB_PROCESSES = os.cpu_count() or 1
 
 
 class FakeGpuModelHandler(BaseHTTPRequestHandler):
@@ -41,7 +42,10 @@ class FakeGpuModelHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        if not request.get("stream"):
+            self._whole_answer()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -53,6 +57,26 @@ class FakeGpuModelHandler(BaseHTTPRequestHandler):
         self._event({}, "stop")
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
+
+    def _whole_answer(self) -> None:
+        """A non-streamed completion (the worker's titles and summaries), after the first-token wait."""
+        time.sleep(FAKE_FIRST_TOKEN_S)
+        body = {
+            "id": "fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake-gpu",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "A short title"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 3, "total_tokens": 11},
+        }
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _event(self, delta: dict[str, Any], finish: str | None) -> None:
         body = {
@@ -91,22 +115,11 @@ async def first_token_ms(client: Any, url: str, body: dict[str, Any], headers: d
 
 
 def main() -> None:
-    import django
-
-    from runtime.embedded import use_embedded_services
-
-    use_embedded_services()
-    django.setup()
-    from django.core.management import call_command
-
-    from accounts.models import User
-    from accounts.services import api_key_create, platform_bootstrap
+    team, user = platform_setup()
+    from accounts.services import api_key_create
     from chat.services import assistant_create, conversation_create
     from models_registry.services import provider_create, registration_create
 
-    call_command("migrate", verbosity=0)
-    team = platform_bootstrap().team
-    user = User.objects.get(username="admin")
     fake = FakeGpuModelServer(("127.0.0.1", 0), FakeGpuModelHandler)
     threading.Thread(target=fake.serve_forever, daemon=True).start()
     fake_url = f"http://127.0.0.1:{fake.server_address[1]}"
@@ -119,7 +132,8 @@ def main() -> None:
     ]
     _key, secret = api_key_create(user=user, team=team, name=name)
 
-    web, base = start_web(services_env())
+    # Served as `make run` serves: a uvicorn process per core, each with its connection pool.
+    web, base = start_web({**services_env(), "DATABASE_POOL_MAX_SIZE": "20"}, WEB_PROCESSES)
     try:
         figures = asyncio.run(measure(base, fake_url, secret, conversations))
     finally:
@@ -188,7 +202,8 @@ def render(figures: dict[str, list[float | None]]) -> str:
     )
     return (
         f"\n## {STREAMS} concurrent streams through the web tier (FakeGpuModelServer)\n\n"
-        f"One uvicorn process serving chatplatform.asgi, {os.cpu_count()} cores; the model is FakeGpuModelServer "
+        f"{WEB_PROCESSES} uvicorn processes serving chatplatform.asgi (pooled database connections, as `make run` "
+        f"serves), {os.cpu_count()} cores; the model is FakeGpuModelServer "
         f"({fake}): it stands in for the GPU this machine lacks, so the figures are the platform's own. Time to "
         "first token in ms, measured by the client from the request (authentication, turn_prepare, the SSE view)."
         f"\n\n| | p50 | p95 |\n| --- | ---: | ---: |\n{table}\n\n"

@@ -18,9 +18,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from asgiref.sync import sync_to_async
+
 from chat.memory import estimate_tokens
 from chat.models import MessageStatus
 from chat.services import AnswerPlan
+from core.database import release_pooled_connection
 from core.domain_errors import DomainError, model_call_error
 from models_registry.langchain_models import chat_model_for
 
@@ -86,6 +89,9 @@ class AnswerEngine:
         configuration's own refusal). Nothing to do for a canned answer."""
         if self.plan.canned_answer is not None or self._upstream is not None:
             return
+        # The answer may take minutes: the request's pooled database connection is not held
+        # through it (the finish borrows one again).
+        await sync_to_async(release_pooled_connection)()
         kwargs = {"max_tokens": self.plan.max_tokens, **self.model_kwargs}
         upstream = cast(AsyncGenerator[Any, None], chat_model_for(self.plan.llm).astream(self.plan.prompt, **kwargs))
         try:

@@ -137,8 +137,24 @@ try:
     parse_redis_url(REDIS_URL)
 except ValueError as exc:
     raise ImproperlyConfigured(str(exc)) from exc
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+# The web server runs each request's synchronous part in a thread of its own (Django's ASGI handler),
+# and Django's connections are per thread: there a persistent connection is never reused, and each
+# request would open one. So the web processes borrow from a pool (DATABASE_POOL_MAX_SIZE, set by the
+# supervisor and docker/ for the web server; psycopg_pool checks a connection before lending it).
+# Workers and commands, one thread each, keep a persistent connection.
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASE_POOL_MAX_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        # Under a burst the pool is the queue: a request waits for a connection this long (FIFO)
+        # before it is answered 503 (restapi.errors).
+        "timeout": 30,
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Short socket timeouts: a Redis that is down or unreachable fails a cache call in seconds (the rate

@@ -52,6 +52,10 @@ case "${role}" in
   web)
     # Migrates and creates the default team and admin user; safe to run on every start.
     bootstrap_with_retries
+    # Each web process borrows database connections from a pool of at most this many (a request's
+    # synchronous part runs in a thread of its own, where a persistent connection is never reused).
+    # Size PostgreSQL's max_connections for WEB_CONCURRENCY x this, plus one per worker process.
+    export DATABASE_POOL_MAX_SIZE="${DATABASE_POOL_MAX_SIZE:-20}"
     # --proxy-headers trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (uvicorn reads it
     # from the environment; default 127.0.0.1).
     exec uvicorn chatplatform.asgi:application \

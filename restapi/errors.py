@@ -6,7 +6,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
+from psycopg_pool import PoolTimeout
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -34,6 +36,12 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         limit = format_bytes(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         message = f"The request body is over {limit}: send less (files go to the upload endpoints, as multipart)."
         return Response({"error": {"code": "too_large", "message": message, "details": {}}}, status=413)
+    if isinstance(exc, OperationalError) and isinstance(exc.__cause__, PoolTimeout):
+        # Every pooled connection of this web process stayed in use past the pool's wait.
+        message = "The server is at capacity (every database connection is busy): retry in a few seconds."
+        busy = Response({"error": {"code": "busy", "message": message, "details": {}}}, status=503)
+        busy["Retry-After"] = "5"
+        return busy
     # Django's own exceptions become their DRF twins, so they get a proper code as well.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -64,6 +64,10 @@ class Config:
     port: int
     # None when XINFERENCE_ENDPOINT names an external server; else the embedded one's port.
     xinference_port: int | None
+    # uvicorn processes (WEB_CONCURRENCY, default one per core): a request's Python runs on one core.
+    web_workers: int = 1
+    # Database connections each web process may hold at once (DATABASE_POOL_MAX_SIZE).
+    web_database_pool: int = 20
 
 
 def log(message: str) -> None:
@@ -91,13 +95,27 @@ def read_config(environ: dict[str, str]) -> Config:
             raise StartupError(
                 f"{name} is the placeholder {environ[name]!r} from docker/.env.example: set a real value"
             )
-    return Config(var_dir=var_dir, host=environ.get("HOST") or "127.0.0.1", port=port, xinference_port=xinference_port)
+    return Config(
+        var_dir=var_dir,
+        host=environ.get("HOST") or "127.0.0.1",
+        port=port,
+        xinference_port=xinference_port,
+        web_workers=read_count(environ, "WEB_CONCURRENCY", str(os.cpu_count() or 1)),
+        web_database_pool=read_count(environ, "DATABASE_POOL_MAX_SIZE", "20"),
+    )
 
 
 def read_port(environ: dict[str, str], name: str, default: str) -> int:
     text = environ.get(name) or default
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise StartupError(f"{name} must be a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def read_count(environ: dict[str, str], name: str, default: str) -> int:
+    text = environ.get(name) or default
+    if not text.isdigit() or not 0 < int(text) <= 1000:
+        raise StartupError(f"{name} must be a number from 1 to 1000, got {text!r}")
     return int(text)
 
 
@@ -194,7 +212,10 @@ def child_specs(config: Config) -> list[ChildSpec]:
                 str(config.port),
                 "--lifespan",
                 "off",
+                "--workers",
+                str(config.web_workers),
             ],
+            {"DATABASE_POOL_MAX_SIZE": str(config.web_database_pool)},
         ),
         # Two workers, so ingestion never takes the slots chat needs (summaries, titles).
         ChildSpec(
@@ -340,6 +361,10 @@ def supervise(children: list[Child], env: dict[str, str], config: Config, starte
             code = child.process.poll()
             if code is None:
                 continue
+            # What the dead child leaves in its process group (uvicorn's worker processes, Celery's
+            # pool) would hold its port or its tasks beside the new one.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
             now = time.monotonic()
             child.restarts = [moment for moment in child.restarts if now - moment < RESTART_WINDOW_S]
             if len(child.restarts) >= MAX_RESTARTS:
@@ -365,6 +390,8 @@ def main() -> int:
                 check_port_free("127.0.0.1", config.xinference_port, "XINFERENCE_PORT")
             env = {**os.environ, **resolve_services(config, dict(os.environ)), **embedded_xinference_env(config)}
             env["CHATPLATFORM_VAR_DIR"] = str(config.var_dir)
+            # Only the web processes pool their connections (child_specs gives them the size).
+            env.pop("DATABASE_POOL_MAX_SIZE", None)
             env.setdefault("DJANGO_SETTINGS_MODULE", "chatplatform.settings")
             run_once([sys.executable, "manage.py", "bootstrap"], env)
             for spec in child_specs(config):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -216,6 +217,51 @@ def test_a_killed_child_is_restarted(running_platform: RunningPlatform) -> None:
     assert new_web.pid != web.pid
 
 
+def web_server(running_platform: RunningPlatform) -> psutil.Process:
+    supervisor = next(
+        p for p in psutil.Process(running_platform.process.pid).children() if "supervisor" in " ".join(p.cmdline())
+    )
+    return next(child for child in supervisor.children() if "uvicorn" in " ".join(child.cmdline()))
+
+
+def database_sessions(cursor: psycopg.Cursor) -> int:
+    """Sessions ever opened on the platform's database (PostgreSQL counts them as they start)."""
+    cursor.execute("SELECT pg_stat_clear_snapshot()")
+    cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_web_runs_a_process_per_core_reusing_pooled_database_connections(
+    running_platform: RunningPlatform,
+) -> None:
+    from runtime.service_urls import parse_database_url
+
+    web = web_server(running_platform)
+    command = web.cmdline()
+    assert command[command.index("--workers") + 1] == str(os.cpu_count())
+    assert len(web.children()) == os.cpu_count()
+    environment = web.environ()
+    assert environment["DATABASE_POOL_MAX_SIZE"] == "20"
+    database = parse_database_url(environment["DATABASE_URL"])
+    with (
+        psycopg.connect(
+            host=database["HOST"], user=database["USER"], dbname=database["NAME"], autocommit=True
+        ) as connection,
+        connection.cursor() as cursor,
+    ):
+        healthz(running_platform.port)  # each web process has opened its pool
+        time.sleep(1.5)  # a backend reports its statistics at most once a second
+        before = database_sessions(cursor)
+        for _ in range(30):
+            assert healthz(running_platform.port)[0] == 200  # each reads the database
+        time.sleep(1.5)
+        opened = database_sessions(cursor) - before
+    # A connection opened per request (Django's per-thread connections under ASGI) would be 30 here.
+    assert opened <= 2 * os.cpu_count()  # type: ignore[operator]
+
+
 def test_a_killed_embedded_redis_is_started_again(running_platform: RunningPlatform) -> None:
     _postmaster, redis_pid = server_pids(running_platform.var_dir)
     psutil.Process(redis_pid).kill()
@@ -279,6 +325,8 @@ def test_a_later_start_reuses_everything_and_sigterm_leaves_no_process(running_p
         ("DATABASE_URL", "mysql://user@db/chat", "DATABASE_URL must start with postgres://"),
         ("REDIS_URL", "http://redis:6379", "REDIS_URL must start with redis://"),
         ("PORT", "eighty", "PORT must be a number"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY must be a number from 1 to 1000, got '0'"),
+        ("DATABASE_POOL_MAX_SIZE", "many", "DATABASE_POOL_MAX_SIZE must be a number from 1 to 1000"),
     ],
 )
 def test_malformed_configuration_is_one_line_and_non_zero(
