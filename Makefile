@@ -41,7 +41,7 @@ typecheck: $(VENV)/.dev
 
 test: $(VENV)/.dev lint typecheck /usr/bin/chromium
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
-	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
+	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 
 # Figures for the README and the notes; never part of `make test`.
 bench: $(VENV)/.dev

@@ -35,28 +35,6 @@ WORKER_LEASE_S = 15  # short, so the dead-worker test need not wait two minutes
 TEST_ALLOWED_NETWORKS = ["127.0.0.0/8", "::1/128"]
 
 
-# The files that take minutes (the whole stack started and restarted for real), in the order they
-# start: `make test` hands files to its parallel processes in collection order
-# (--no-loadscope-reorder), so the long ones run beside the many short ones instead of last.
-LONG_FILES_FIRST = (
-    "test_supervisor.py",
-    "test_drills.py",
-    "test_models_registry.py",
-    "test_chat.py",
-    "test_kb.py",
-    "test_kb_hostile.py",
-    "test_evaluation.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def start_rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONG_FILES_FIRST.index(name) if name in LONG_FILES_FIRST else len(LONG_FILES_FIRST)
-
-    items.sort(key=start_rank)  # stable: a file's tests keep their order
-
-
 @pytest.fixture(autouse=True)
 def _outbound_loopback_allowed(settings) -> None:
     settings.OUTBOUND_ALLOWED_NETWORKS = list(TEST_ALLOWED_NETWORKS)
