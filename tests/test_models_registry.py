@@ -32,6 +32,10 @@ from realservices.xinference import TINY_RERANKER_UID, XinferenceServer, build_t
 from tests.conftest import bearer_client, member_of
 from tests.factories import UserFactory
 
+# SmolLM2 on CPU may write thousands of tokens when nothing bounds it (one unbounded "Hello" took
+# 23 minutes of a parallel run): a test that needs some answer asks for a few tokens.
+ANSWER_TOKENS = 16
+
 pytestmark = pytest.mark.django_db
 
 
@@ -57,7 +61,7 @@ def test_launch_chat_embed_terminate_and_launch_again(team, xinference: Xinferen
     embedding = registration_launch(registration=register_offline_embedding(provider))
     assert (llm.status, embedding.status) == (ModelStatus.RUNNING, ModelStatus.RUNNING)
 
-    answer = chat_model_for(llm).invoke("What is the capital of France?")
+    answer = chat_model_for(llm).invoke("What is the capital of France?", max_tokens=ANSWER_TOKENS)
     assert isinstance(answer.content, str)
     assert answer.content.strip()
     vectors = embeddings_for(embedding).embed_documents(["a cat sat on the mat", "pgvector stores vectors"])
@@ -126,7 +130,7 @@ def test_the_openai_compatible_provider_lists_chats_and_embeds_but_cannot_launch
     assert registration_test(registration=llm).detail.startswith("answered")
     assert "384-dimensional" in registration_test(registration=embedding).detail
     assert len(embeddings_for(embedding).embed_query("hello")) == 384
-    assert chat_model_for(llm).invoke("Hello").content
+    assert chat_model_for(llm).invoke("Hello", max_tokens=ANSWER_TOKENS).content
     with pytest.raises(ProviderUnsupported, match="serves the models it was started with"):
         registration_launch(registration=llm)
 
@@ -350,7 +354,8 @@ def test_models_are_healed_after_xinference_is_killed_and_restarted(
     for registration in registrations:
         assert registration.events.filter(kind=ModelEvent.Kind.HEALED).count() == 1
         assert registration.events.filter(kind=ModelEvent.Kind.UNREACHABLE).exists()
-    assert chat_model_for(ModelRegistration.objects.get(pk=registrations[0].pk)).invoke("Hi").content
+    healed_llm = chat_model_for(ModelRegistration.objects.get(pk=registrations[0].pk))
+    assert healed_llm.invoke("Hi", max_tokens=ANSWER_TOKENS).content
 
 
 def statuses(registrations: list[ModelRegistration]) -> list[str]:

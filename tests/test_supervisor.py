@@ -144,7 +144,13 @@ def running_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
         yield RunningPlatform(process, var_dir, port, time.monotonic() - started)
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            # SIGTERM first: the supervisor stops its children, each in a session of its own that
+            # a SIGKILL of this group would leave running (a run of only some of these tests).
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_first_start_is_healthy_with_every_component(running_platform: RunningPlatform) -> None:
