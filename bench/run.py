@@ -204,6 +204,13 @@ def services_env() -> dict[str, str]:
     }
 
 
+def start_served_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn as `make run` serves it: a process per core, each with its database pool."""
+    from runtime.supervisor import WEB_DATABASE_POOL_DEFAULT
+
+    return start_web({**env, "DATABASE_POOL_MAX_SIZE": str(WEB_DATABASE_POOL_DEFAULT)}, os.cpu_count() or 1)
+
+
 def start_web(env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     """uvicorn serving chatplatform.asgi (`workers` processes) on a free loopback port, once it
     answers; the process and its base URL."""
@@ -453,10 +460,24 @@ def main() -> None:
     if chat is not None:
         report += render_chat(chat)
     report += render_memory(memory)
-    name = os.environ.get("BENCH_REPORT") or f"{date.today().isoformat()}-{platform.node() or 'machine'}"
-    out = BASE_DIR / "bench" / "results" / f"{name}.md"
+    out = report_path("")
     out.write_text(report)
     print(report)
+    log(f"report written to {out.relative_to(BASE_DIR)}")
+
+
+def report_path(suffix: str) -> Path:
+    """bench/results/<BENCH_REPORT>.md, by default <date>-<machine><suffix>.md."""
+    name = os.environ.get("BENCH_REPORT") or f"{date.today().isoformat()}-{platform.node() or 'machine'}{suffix}"
+    return BASE_DIR / "bench" / "results" / f"{name}.md"
+
+
+def append_report(section: str, suffix: str) -> None:
+    """A bench's section added to its report (report_path), and printed."""
+    out = report_path(suffix)
+    with out.open("a") as report_file:
+        report_file.write(section)
+    print(section)
     log(f"report written to {out.relative_to(BASE_DIR)}")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import random
 import threading
 import time
@@ -38,7 +37,17 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from run import BASE_DIR, launch_offline_models, log, percentile, platform_setup, services_env, start_web
+from run import (
+    BASE_DIR,
+    append_report,
+    launch_offline_models,
+    log,
+    percentile,
+    platform_setup,
+    services_env,
+    start_served_web,
+    start_web,
+)
 from streams import FAKE_TOKENS, FakeGpuModelHandler, FakeGpuModelServer
 
 CONCURRENT = 50
@@ -48,7 +57,6 @@ SINGLE_SEARCHES = 40
 LOAD_CLIENTS = int(os.environ.get("BENCH_LOAD_CLIENTS", "200"))
 LOAD_SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 CORES = os.cpu_count() or 1
-DATABASE_POOL = 20
 QUERIES = [
     "how do I make the platform use more web processes",
     "what happens when a worker is killed during ingestion",
@@ -66,13 +74,6 @@ LOAD_MIX = [("read", 5), ("search", 3), ("upload", 1), ("conversation", 1), ("ch
 def seeded(seed: int) -> random.Random:
     """The bench's draws (which question, which operation), the same in every run; not secrets."""
     return random.Random(seed)  # noqa: S311
-
-
-@dataclass
-class Serving:
-    label: str
-    workers: int
-    database_pool: int  # 0: no pool, a connection per request
 
 
 @dataclass
@@ -127,18 +128,22 @@ def main() -> None:
         embedder = embeddings_for(KnowledgeBase.objects.get(pk=kb.pk).embedding_model)
         draw = seeded(1)
         embedding_ms = timed_calls(lambda: embedder.embed_query(draw.choice(QUERIES)), 30)
-        servings = [
-            Serving("one process, a database connection per request (before)", 1, 0),
-            Serving(f"{CORES} processes, pooled database connections (make run)", CORES, DATABASE_POOL),
+        # (label, how the web tier is started); the load run goes to the last one.
+        servings: list[tuple[str, Callable[[], tuple[Any, str]]]] = [
+            (
+                "one process, a database connection per request (before)",
+                lambda: start_web({**env, "DATABASE_POOL_MAX_SIZE": "0"}),
+            ),
+            (f"{CORES} processes, pooled database connections (make run)", lambda: start_served_web(env)),
         ]
         figures = {}
         load = Load()
-        for serving in servings:
-            web, base = start_web({**env, "DATABASE_POOL_MAX_SIZE": str(serving.database_pool)}, serving.workers)
+        for label, start in servings:
+            web, base = start()
             try:
-                log(f"{serving.label}: plain GETs and searches, one client then {CONCURRENT} at once")
-                figures[serving.label] = asyncio.run(measure(base, secrets[0], kb.pk))
-                if serving is servings[-1]:
+                log(f"{label}: plain GETs and searches, one client then {CONCURRENT} at once")
+                figures[label] = asyncio.run(measure(base, secrets[0], kb.pk))
+                if label == servings[-1][0]:
                     log(f"load run: {LOAD_CLIENTS} clients for {LOAD_SECONDS:.0f} s")
                     load = asyncio.run(load_run(base, secrets, kb.pk, assistant.pk))
             finally:
@@ -150,13 +155,7 @@ def main() -> None:
             worker.stop()
         fake.shutdown()
         server.stop()
-    report = render(figures, load, corpus_chunks, embedding_ms, model_ttft_ms)
-    report_name = os.environ.get("BENCH_REPORT") or f"{date.today().isoformat()}-{platform.node() or 'machine'}-serving"
-    out = BASE_DIR / "bench" / "results" / f"{report_name}.md"
-    with out.open("a") as report_file:
-        report_file.write(report)
-    print(report)
-    log(f"report written to {out.relative_to(BASE_DIR)}")
+    append_report(render(figures, load, corpus_chunks, embedding_ms, model_ttft_ms), "-serving")
 
 
 def fill_knowledge_base(env: dict[str, str], secret: str, kb_id: int) -> int:

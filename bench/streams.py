@@ -19,21 +19,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import threading
 import time
-from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from run import BASE_DIR, log, percentile, platform_setup, services_env, start_web
+from run import append_report, log, percentile, platform_setup, services_env, start_served_web
 
 STREAMS = int(os.environ.get("BENCH_STREAMS", "50"))
 SAMPLES = int(os.environ.get("BENCH_STREAM_SAMPLES", "20"))
 FAKE_FIRST_TOKEN_S = 0.05
 FAKE_TOKEN_INTERVAL_S = 0.02
 FAKE_TOKENS = 32
-WEB_PROCESSES = os.cpu_count() or 1
 
 
 class FakeGpuModelHandler(BaseHTTPRequestHandler):
@@ -132,21 +129,14 @@ def main() -> None:
     ]
     _key, secret = api_key_create(user=user, team=team, name=name)
 
-    # Served as `make run` serves: a uvicorn process per core, each with its connection pool.
-    web, base = start_web({**services_env(), "DATABASE_POOL_MAX_SIZE": "20"}, WEB_PROCESSES)
+    web, base = start_served_web(services_env())
     try:
         figures = asyncio.run(measure(base, fake_url, secret, conversations))
     finally:
         web.terminate()
         web.wait(timeout=30)
         fake.shutdown()
-    report = render(figures)
-    name = os.environ.get("BENCH_REPORT") or f"{date.today().isoformat()}-{platform.node() or 'machine'}-streams"
-    out = BASE_DIR / "bench" / "results" / f"{name}.md"
-    with out.open("a") as report_file:
-        report_file.write(report)
-    print(report)
-    log(f"report written to {out.relative_to(BASE_DIR)}")
+    append_report(render(figures), "-streams")
 
 
 async def measure(base: str, fake_url: str, secret: str, conversations: list[int]) -> dict[str, list[float | None]]:
@@ -202,8 +192,8 @@ def render(figures: dict[str, list[float | None]]) -> str:
     )
     return (
         f"\n## {STREAMS} concurrent streams through the web tier (FakeGpuModelServer)\n\n"
-        f"{WEB_PROCESSES} uvicorn processes serving chatplatform.asgi (pooled database connections, as `make run` "
-        f"serves), {os.cpu_count()} cores; the model is FakeGpuModelServer "
+        f"A uvicorn process per core ({os.cpu_count()} cores) serving chatplatform.asgi with pooled database "
+        "connections, as `make run` serves; the model is FakeGpuModelServer "
         f"({fake}): it stands in for the GPU this machine lacks, so the figures are the platform's own. Time to "
         "first token in ms, measured by the client from the request (authentication, turn_prepare, the SSE view)."
         f"\n\n| | p50 | p95 |\n| --- | ---: | ---: |\n{table}\n\n"

@@ -37,6 +37,7 @@ STOP_GRACE_S = 15.0
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S, after which the stack stops
 RESTART_WINDOW_S = 120.0
 READY_TIMEOUT_S = 600.0
+WEB_DATABASE_POOL_DEFAULT = 20  # connections per web process (DATABASE_POOL_MAX_SIZE)
 
 
 class StartupError(Exception):
@@ -67,7 +68,7 @@ class Config:
     # uvicorn processes (WEB_CONCURRENCY, default one per core): a request's Python runs on one core.
     web_workers: int = 1
     # Database connections each web process may hold at once (DATABASE_POOL_MAX_SIZE).
-    web_database_pool: int = 20
+    web_database_pool: int = WEB_DATABASE_POOL_DEFAULT
 
 
 def log(message: str) -> None:
@@ -100,22 +101,19 @@ def read_config(environ: dict[str, str]) -> Config:
         host=environ.get("HOST") or "127.0.0.1",
         port=port,
         xinference_port=xinference_port,
-        web_workers=read_count(environ, "WEB_CONCURRENCY", str(os.cpu_count() or 1)),
-        web_database_pool=read_count(environ, "DATABASE_POOL_MAX_SIZE", "20"),
+        web_workers=read_number(environ, "WEB_CONCURRENCY", str(os.cpu_count() or 1), maximum=1000),
+        web_database_pool=read_number(environ, "DATABASE_POOL_MAX_SIZE", str(WEB_DATABASE_POOL_DEFAULT), maximum=1000),
     )
 
 
 def read_port(environ: dict[str, str], name: str, default: str) -> int:
-    text = environ.get(name) or default
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise StartupError(f"{name} must be a number from 1 to 65535, got {text!r}")
-    return int(text)
+    return read_number(environ, name, default, maximum=65535)
 
 
-def read_count(environ: dict[str, str], name: str, default: str) -> int:
+def read_number(environ: dict[str, str], name: str, default: str, *, maximum: int) -> int:
     text = environ.get(name) or default
-    if not text.isdigit() or not 0 < int(text) <= 1000:
-        raise StartupError(f"{name} must be a number from 1 to 1000, got {text!r}")
+    if not text.isdigit() or not 0 < int(text) <= maximum:
+        raise StartupError(f"{name} must be a number from 1 to {maximum}, got {text!r}")
     return int(text)
 
 

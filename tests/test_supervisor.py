@@ -212,15 +212,11 @@ def test_a_taken_port_is_one_line_naming_it(running_platform: RunningPlatform, t
 
 
 def test_a_killed_child_is_restarted(running_platform: RunningPlatform) -> None:
-    supervisor = next(
-        p for p in psutil.Process(running_platform.process.pid).children() if "supervisor" in " ".join(p.cmdline())
-    )
-    web = next(child for child in supervisor.children() if "uvicorn" in " ".join(child.cmdline()))
+    web = web_server(running_platform)
     web.kill()
     time.sleep(1)
     wait_healthy(running_platform.port, timeout=60)
-    new_web = next(child for child in supervisor.children() if "uvicorn" in " ".join(child.cmdline()))
-    assert new_web.pid != web.pid
+    assert web_server(running_platform).pid != web.pid
 
 
 def web_server(running_platform: RunningPlatform) -> psutil.Process:
