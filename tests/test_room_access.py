@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -22,6 +23,8 @@ from tests.test_web_access import _headers
 from web.consumers import ACCESS_ENDED_CODE, ACCESS_ENDED_MESSAGE, DEMOTED_MESSAGE, VIEWER_MESSAGE
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+T = TypeVar("T")
 
 # Enough for a push through Redis and one query on this 2-core machine, with room to spare.
 PUSH_WITHIN_S = 2.0
@@ -82,6 +85,20 @@ class Socket:
         return time.monotonic() - started
 
 
+def run_scenario(socket: Socket, scenario: Callable[[], Awaitable[T]]) -> T:
+    """Run `scenario` and then disconnect the socket while the test's thread still serves
+    thread-sensitive calls: a consumer left running past async_to_sync waits forever on a database
+    call that thread no longer answers, and the test hangs in asyncio's final task cancellation."""
+
+    async def scenario_then_disconnect() -> T:
+        try:
+            return await scenario()
+        finally:
+            await socket.communicator.disconnect()
+
+    return async_to_sync(scenario_then_disconnect)()
+
+
 def assert_cut_off(socket: Socket) -> None:
     assert socket.close is not None
     assert socket.close["code"] == ACCESS_ENDED_CODE
@@ -117,7 +134,7 @@ def test_a_removed_member_is_cut_off_within_seconds_without_sending_anything(
         assert await reconnect_code(socket) == 4404
         return cut_after
 
-    cut_after = async_to_sync(scenario)()
+    cut_after = run_scenario(socket, scenario)
     print(f"removed member cut off {cut_after * 1000:.0f} ms after membership_remove returned")
     assert cut_after < PUSH_WITHIN_S
 
@@ -141,9 +158,8 @@ def test_a_demoted_member_can_read_but_no_longer_post_or_ask_the_assistant(
         event = await socket.next_event()
         assert event["type"] == "message"
         assert "read on" in event["html"]
-        await socket.communicator.disconnect()
 
-    async_to_sync(scenario)()
+    run_scenario(socket, scenario)
     assert list(room.messages.values_list("author_id", flat=True)) == [owner.pk]
 
 
@@ -167,7 +183,7 @@ def test_each_message_rechecks_access_even_when_nobody_announced_the_change(
         await socket.wait_closed(timeout=PUSH_WITHIN_S)
         assert_cut_off(socket)
 
-    async_to_sync(scenario)()
+    run_scenario(socket, scenario)
     assert not room.messages.exists()
 
 
@@ -187,6 +203,6 @@ def test_a_deactivated_user_is_cut_off_by_the_periodic_recheck(team: Any, room: 
         assert_cut_off(socket)
         return cut_after
 
-    cut_after = async_to_sync(scenario)()
+    cut_after = run_scenario(socket, scenario)
     print(f"deactivated user cut off {cut_after:.1f} s after the change (re-check every {interval} s)")
     assert cut_after < interval + PUSH_WITHIN_S
