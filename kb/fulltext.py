@@ -35,6 +35,14 @@ def terms(text: str) -> list[str]:
     return [piece for piece in pieces if TERM.fullmatch(piece) and piece not in STOP_WORDS]
 
 
+def cjk_share(text: str) -> float:
+    """The share of a text's letters and digits that are CJK characters (0 for English, 1 for a
+    question written wholly in Chinese)."""
+    cjk = len(CJK.findall(text))
+    others = sum(1 for character in text if character.isalnum() and not CJK.match(character))
+    return cjk / (cjk + others) if cjk else 0.0
+
+
 def index_text(text: str) -> str:
     """What goes into to_tsvector('simple', ...) for a chunk."""
     return " ".join(terms(text))
