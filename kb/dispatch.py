@@ -156,7 +156,9 @@ def abandoned() -> QuerySet[Document]:
 
 def documents_hand_out() -> list[tuple[int, str]]:
     """Hand queued documents to workers: at most KB_INGEST_MAX_IN_FLIGHT at once, round-robin by
-    team (every team's oldest first); expired leases go back in line first. Returns (document id,
+    team (every team's oldest first, but documents that failed before after those that have not,
+    so a knowledge base whose model server is down does not hold the slots with its retries while
+    the team's other uploads wait); expired leases go back in line first. Returns (document id,
     dispatch token) pairs. Abandoned documents are failed before this (kb.ingestion)."""
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -171,7 +173,7 @@ def documents_hand_out() -> list[tuple[int, str]]:
         cursor.execute(
             """
             SELECT id FROM (
-                SELECT id, row_number() OVER (PARTITION BY team_id ORDER BY id) AS turn
+                SELECT id, row_number() OVER (PARTITION BY team_id ORDER BY attempts, id) AS turn
                 FROM kb_document WHERE status = %s AND dispatched_at IS NULL
             ) AS queued
             ORDER BY turn, id LIMIT %s

@@ -330,29 +330,41 @@ def test_kb_import_command_ingests_a_folder_with_a_progress_bar(setup, tmp_path:
     assert "100%" in err.getvalue()
 
 
-def test_dispatch_is_fair_between_teams(team, other_team) -> None:
-    def queued(for_team, count: int) -> list[int]:
-        model = embedding_model(for_team, "http://127.0.0.1:1", launch=False)
-        kb = KnowledgeBase.objects.create(team=for_team, name=f"kb-{for_team.pk}", embedding_model=model)
-        return [
-            Document.objects.create(
-                knowledge_base=kb,
-                team=for_team,
-                original_name=f"{n}.txt",
-                file=f"x/{n}",
-                sha256=f"{for_team.pk}-{n}",
-                size_bytes=1,
-                content_type="text",
-            ).pk
-            for n in range(count)
-        ]
+def queued(for_team, count: int, name: str = "kb", port: int = 1) -> list[int]:
+    """Queued documents in a new knowledge base whose model server (on `port`) is unreachable."""
+    model = embedding_model(for_team, f"http://127.0.0.1:{port}", launch=False)
+    kb = KnowledgeBase.objects.create(team=for_team, name=f"{name}-{for_team.pk}", embedding_model=model)
+    return [
+        Document.objects.create(
+            knowledge_base=kb,
+            team=for_team,
+            original_name=f"{n}.txt",
+            file=f"x/{n}",
+            sha256=f"{for_team.pk}-{name}-{n}",
+            size_bytes=1,
+            content_type="text",
+        ).pk
+        for n in range(count)
+    ]
 
+
+def test_dispatch_is_fair_between_teams(team, other_team) -> None:
     busy = queued(team, 50)
     small = queued(other_team, 1)
     with override_settings(KB_INGEST_MAX_IN_FLIGHT=2):
         first_round = [document_id for document_id, _token in documents_dispatch()]
         assert documents_dispatch() == []  # both slots taken
     assert first_round == [busy[0], small[0]]
+
+
+def test_documents_waiting_to_retry_go_behind_their_teams_fresh_uploads(team) -> None:
+    """A knowledge base whose model server went away keeps failing and retrying; the team's
+    later uploads to another knowledge base go first instead of waiting for its retries to run out."""
+    retrying = queued(team, 3, name="down")
+    Document.objects.filter(pk__in=retrying).update(attempts=1)
+    fresh = queued(team, 2, name="fresh", port=2)
+    with override_settings(KB_INGEST_MAX_IN_FLIGHT=2):
+        assert [document_id for document_id, _token in documents_dispatch()] == fresh
 
 
 def test_nobody_reaches_another_teams_knowledge_base(setup, other_team, outsider) -> None:
