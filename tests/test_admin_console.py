@@ -406,15 +406,17 @@ def test_dashboard_in_the_browser_shows_usage_and_launches_and_terminates_a_mode
             expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
             screenshot(page, "admin-dashboard")
 
+            # The click itself waits for the navigation it starts, under its own timeout (30 s by
+            # default): both get the launch's.
             with page.expect_navigation(timeout=LAUNCH_TIMEOUT_MS):
-                page.get_by_test_id(f"launch-{embedding.pk}").click()
+                page.get_by_test_id(f"launch-{embedding.pk}").click(timeout=LAUNCH_TIMEOUT_MS)
             expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Running")
             expect(page.locator(".messagelist")).to_contain_text("MiniLM: launched")
             assert embedded_xinference.EMBEDDING_UID in {model.uid for model in xinference.client.running_models()}
             screenshot(page, "admin-model-launched")
 
             with page.expect_navigation(timeout=60_000):
-                page.get_by_test_id(f"terminate-{embedding.pk}").click()
+                page.get_by_test_id(f"terminate-{embedding.pk}").click(timeout=60_000)
             expect(page.get_by_test_id(f"model-status-{embedding.pk}")).to_have_text("Stopped")
             assert embedded_xinference.EMBEDDING_UID not in {model.uid for model in xinference.client.running_models()}
             assert logged(embedding) == ["Launched", "Terminated"]
