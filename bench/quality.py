@@ -281,7 +281,7 @@ COLUMNS = (
     ("latency p95 ms", "latency_p95_ms"),
 )
 ROW_LABELS = {
-    "hybrid": "platform hybrid (reciprocal rank fusion of both)",
+    "hybrid": "platform hybrid (reciprocal rank fusion; Chinese leans on full text over English-only models)",
     "vector": "platform vector (pgvector, exact below 20k chunks; recursive 1000/150 with chunk headers)",
     "fulltext": "platform fulltext (PostgreSQL tsvector, jieba for Chinese)",
 }

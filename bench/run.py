@@ -336,18 +336,11 @@ def plain_pipeline(
 
 
 def main() -> None:
-    import django
-
-    from runtime.embedded import use_embedded_services
-
-    use_embedded_services()
-    django.setup()
+    team, admin = platform_setup()
     import numpy as np
     from django.conf import settings
-    from django.core.management import call_command
 
-    from accounts.models import User
-    from accounts.services import api_key_create, platform_bootstrap
+    from accounts.services import api_key_create
     from kb.models import Chunk, KnowledgeBase
     from kb.retrieval import SearchRequest, kb_search
     from kb.services import kb_index_vectors
@@ -360,11 +353,8 @@ def main() -> None:
     plain_python = bench_venv()
     load_before = os.getloadavg()[1]
     source = source_state()
-    call_command("migrate", verbosity=0)
-    clear_earlier_runs()
-    team = platform_bootstrap().team
     name = f"bench-{time.time():.0f}"
-    _key, secret = api_key_create(user=User.objects.get(username="admin"), team=team, name=name)
+    _key, secret = api_key_create(user=admin, team=team, name=name)
     server = XinferenceServer(home=BENCH_DIR / "xinference-home")
     log("starting Xinference and the embedding model")
     server.start()

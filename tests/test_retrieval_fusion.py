@@ -45,6 +45,6 @@ def test_weights_decide_between_the_lists_first_places() -> None:
     equal = reciprocal_rank_fusion([vector, full_text])
     assert [h.chunk_id for h in equal] == [1, 2]  # equal scores: chunk order
     assert equal[0].score == equal[1].score
-    leaning = reciprocal_rank_fusion([[hit(1), hit(2)], [hit(2), hit(1)]], [1.0, 3.0])
+    leaning = reciprocal_rank_fusion([vector, full_text], [1.0, 3.0])
     assert [h.chunk_id for h in leaning] == [2, 1]
     assert leaning[0].score > leaning[1].score
