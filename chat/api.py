@@ -36,6 +36,7 @@ from chat.services import (
 )
 from chat.streaming import event_stream_response, request_stop, turn_answer
 from core.domain_errors import DomainError
+from datasources.models import DataSource
 from kb.models import KnowledgeBase
 from kb.selectors import knowledge_bases_visible
 from kb.services import documents_upload
@@ -61,6 +62,7 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     knowledge_bases = serializers.PrimaryKeyRelatedField(
         many=True, queryset=KnowledgeBase.objects.none(), required=False
     )
+    data_sources = serializers.PrimaryKeyRelatedField(many=True, queryset=DataSource.objects.none(), required=False)
 
     class Meta:
         model = Assistant
@@ -70,6 +72,7 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "name",
             "llm",
             "knowledge_bases",
+            "data_sources",
             "system_prompt",
             "retrieval_mode",
             "top_k",
@@ -93,6 +96,9 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             self.fields["knowledge_bases"].child_relation.queryset = knowledge_bases_visible(
                 user=request.user, api_key=api_key
             )
+            self.fields["data_sources"].child_relation.queryset = team_scoped(
+                DataSource.objects.all(), user=request.user, api_key=api_key
+            )
 
     def validate_team(self, team_id: int) -> int:
         if self.instance is not None and team_id != self.instance.team_id:
@@ -101,7 +107,7 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 
 class AssistantViewSet(TeamScopedModelViewSet):
-    queryset = Assistant.objects.prefetch_related("knowledge_bases")
+    queryset = Assistant.objects.prefetch_related("knowledge_bases", "data_sources")
     serializer_class = AssistantSerializer
     action_roles = {action: Role.ADMIN for action in ("update", "partial_update", "destroy")}
 
@@ -129,6 +135,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "status",
             "error",
             "citations",
+            "tool_calls",
             "retrieval_query",
             "model_name",
             "prompt_tokens",

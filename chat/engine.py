@@ -105,6 +105,8 @@ class AnswerEngine:
 
     async def events(self) -> AsyncGenerator[AnswerEvent, None]:
         yield AnswerEvent("sources", {**self.sources_data, "sources": self.plan.sources})
+        for call in self.plan.tool_calls:
+            yield AnswerEvent("tool_call", call)
         status, error = MessageStatus.COMPLETE, ""
         try:
             async with contextlib.aclosing(self._texts()) as texts:

@@ -17,6 +17,12 @@ class Assistant(models.Model):
     name = models.CharField(max_length=120)
     llm = models.ForeignKey(ModelRegistration, on_delete=models.PROTECT, related_name="assistants")
     knowledge_bases = models.ManyToManyField(KnowledgeBase, blank=True, related_name="assistants")
+    data_sources = models.ManyToManyField(
+        "datasources.DataSource",
+        blank=True,
+        related_name="assistants",
+        help_text="Databases the assistant answers from in SQL (datasources.text_to_sql).",
+    )
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant for the team.")
     retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.HYBRID)
     top_k = models.PositiveSmallIntegerField(default=4)
@@ -83,6 +89,9 @@ class Message(models.Model):
     error = models.TextField(blank=True, default="")
     # [{"index", "chunk_id", "document_id", "document_name", "knowledge_base_id", "snippet", "score"}]
     citations = models.JSONField(default=list, blank=True)
+    # Tools the answer used, with their results: [{"tool": "sql", "data_source_id", "sql", "columns",
+    # "rows", "row_count", "truncated", "error", "attempts"}] (datasources.text_to_sql).
+    tool_calls = models.JSONField(default=list, blank=True)
     retrieval_query = models.TextField(blank=True, default="")
     model_name = models.CharField(max_length=200, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(default=0)

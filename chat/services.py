@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.db import transaction
@@ -24,6 +24,8 @@ from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
 from core.domain_errors import DomainError
 from core.unset import UNSET, Unset, given
+from datasources.models import DataSource
+from datasources.text_to_sql import SqlToolCall, sql_tool_call
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
 from kb.models import KnowledgeBase, RetrievalMode
@@ -50,6 +52,7 @@ def _check_references(
     llm: ModelRegistration | None = None,
     knowledge_bases: list[KnowledgeBase] | None = None,
     rerank_model: ModelRegistration | None = None,
+    data_sources: list[DataSource] | None = None,
 ) -> None:
     """Every object an assistant points at is the team's own and of the right kind. Messages name
     ids, never names: the caller may have sent another team's id."""
@@ -63,6 +66,9 @@ def _check_references(
         # A conversation's dropped files are private to it: no assistant may search them.
         if kb.team_id != team.pk or KnowledgeBase.objects.filter(pk=kb.pk, file_conversation__isnull=False).exists():
             raise ChatError(f"knowledge_bases: no knowledge base with id {kb.pk} in this team")
+    for source in data_sources or []:
+        if source.team_id != team.pk:
+            raise ChatError(f"data_sources: no data source with id {source.pk} in this team")
 
 
 def _check_name_free(team: Team, name: str, assistant_id: int | None = None) -> None:
@@ -85,6 +91,7 @@ def assistant_create(
     name: str,
     llm: ModelRegistration,
     knowledge_bases: list[KnowledgeBase] | None = None,
+    data_sources: list[DataSource] | None = None,
     rerank_model: ModelRegistration | None = None,
     system_prompt: str | None = None,
     retrieval_mode: str = RetrievalMode.HYBRID,
@@ -95,7 +102,9 @@ def assistant_create(
     max_answer_tokens: int | None = None,
 ) -> Assistant:
     """A new assistant of `team`; settings left as None take the model's defaults."""
-    _check_references(team=team, llm=llm, knowledge_bases=knowledge_bases, rerank_model=rerank_model)
+    _check_references(
+        team=team, llm=llm, knowledge_bases=knowledge_bases, rerank_model=rerank_model, data_sources=data_sources
+    )
     _check_retrieval_mode(retrieval_mode)
     _check_name_free(team, name)
     optional = {
@@ -115,6 +124,7 @@ def assistant_create(
         **{key: value for key, value in optional.items() if value is not None},
     )
     assistant.knowledge_bases.set(knowledge_bases or [])
+    assistant.data_sources.set(data_sources or [])
     return assistant
 
 
@@ -125,6 +135,7 @@ def assistant_update(
     name: str | Unset = UNSET,
     llm: ModelRegistration | Unset = UNSET,
     knowledge_bases: list[KnowledgeBase] | Unset = UNSET,
+    data_sources: list[DataSource] | Unset = UNSET,
     rerank_model: ModelRegistration | Unset | None = UNSET,
     system_prompt: str | Unset = UNSET,
     retrieval_mode: str | Unset = UNSET,
@@ -140,6 +151,7 @@ def assistant_update(
         llm=None if isinstance(llm, Unset) else llm,
         knowledge_bases=None if isinstance(knowledge_bases, Unset) else knowledge_bases,
         rerank_model=None if isinstance(rerank_model, Unset) else rerank_model,
+        data_sources=None if isinstance(data_sources, Unset) else data_sources,
     )
     if not isinstance(retrieval_mode, Unset):
         _check_retrieval_mode(retrieval_mode)
@@ -163,6 +175,8 @@ def assistant_update(
         assistant.save(update_fields=[*changes, "updated_at"])
     if not isinstance(knowledge_bases, Unset):
         assistant.knowledge_bases.set(knowledge_bases)
+    if not isinstance(data_sources, Unset):
+        assistant.data_sources.set(data_sources)
     return assistant
 
 
@@ -281,6 +295,7 @@ class AnswerPlan:
     prompt: list[BaseMessage]
     sources: list[dict[str, Any]]
     max_tokens: int
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # run before the answer (SQL)
     retrieval_query: str = ""
     canned_answer: str | None = None  # said instead of calling the model (nothing found)
     reservation_id: int | None = None  # the quota held for the answer (accounts.quotas)
@@ -358,6 +373,7 @@ def answer_plan(
     user_id: int,
     extra_system: str = "",
     max_tokens: int | None = None,
+    previous_sql: tuple[str, str] | None = None,
 ) -> AnswerPlan:
     """Retrieval query (a follow-up with the previous question, chat.followups) → retrieve →
     prompt: system prompt, running summary, recent turns and the question, each within the
@@ -381,9 +397,12 @@ def answer_plan(
             ),
         )
     sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
+    sql_call = _sql_call(assistant, question, previous_sql, team_id=team_id, user_id=user_id)
     system = assistant.system_prompt
     if extra_system:
         system = f"{system}\n\n{trim_to_budget(extra_system, assistant.recent_tokens)}"
+    if sql_call is not None:
+        system = f"{system}\n\n{trim_to_budget(sql_call.prompt_text(), assistant.recent_tokens)}"
     if sources:
         numbered = "\n\n".join(
             f"[{source['index']}] ({source['document_name']}) {hit.text}"
@@ -404,8 +423,9 @@ def answer_plan(
         prompt=prompt,
         sources=sources,
         max_tokens=min(max_tokens or assistant.max_answer_tokens, assistant.max_answer_tokens),
+        tool_calls=[sql_call.as_json()] if sql_call is not None else [],
         retrieval_query=query if knowledge_bases else "",
-        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits else None,
+        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits and sql_call is None else None,
     )
     if plan.canned_answer is None:
         reservation = quota_reserve(
@@ -413,6 +433,35 @@ def answer_plan(
         )
         plan.reservation_id, plan.max_tokens = reservation.id, reservation.answer_tokens
     return plan
+
+
+def _sql_call(
+    assistant: Assistant, question: str, previous: tuple[str, str] | None, *, team_id: int, user_id: int
+) -> SqlToolCall | None:
+    """The statement an assistant with data sources runs for the question, or None without them."""
+    sources = list(assistant.data_sources.all())
+    if not sources:
+        return None
+
+    def write(prompt: list[BaseMessage], max_tokens: int) -> str:
+        reply = invoke_metered(
+            llm=assistant.llm, prompt=prompt, max_tokens=max_tokens, team_id=team_id, user_id=user_id
+        )
+        return str(reply.content)
+
+    return sql_tool_call(write=write, sources=sources, question=question, previous=previous)
+
+
+def _previous_sql(history: list[Message]) -> tuple[str, str] | None:
+    """The conversation's last question answered in SQL and its statement, for a follow-up."""
+    question = ""
+    found: tuple[str, str] | None = None
+    for message in history:
+        if message.role == Message.Role.USER:
+            question = message.content
+        elif message.tool_calls and message.tool_calls[0].get("sql"):
+            found = (question, message.tool_calls[0]["sql"])
+    return found
 
 
 def answer_settle(*, plan: AnswerPlan, called_model: bool, prompt_tokens: int, completion_tokens: int) -> None:
@@ -461,12 +510,14 @@ def turn_prepare(*, conversation: Conversation, author: User, content: str, rege
         summary=conversation.summary,
         team_id=conversation.team_id,
         user_id=author.pk,
+        previous_sql=_previous_sql(history),
     )
     answer = Message.objects.create(
         conversation=conversation,
         role=Message.Role.ASSISTANT,
         status=MessageStatus.STREAMING,
         citations=plan.sources,
+        tool_calls=plan.tool_calls,
         retrieval_query=plan.retrieval_query,
         model_name=assistant.llm.name,
     )

@@ -4,6 +4,7 @@ from rest_framework.routers import DefaultRouter
 
 from accounts.api import ApiKeyViewSet, TeamViewSet, UsageViewSet
 from chat.api import AssistantViewSet, ConversationViewSet
+from datasources.api import DataSourceViewSet
 from evaluation.api import EvaluationItemViewSet, EvaluationRunViewSet, EvaluationSetViewSet
 from integrations.api import WebhookViewSet
 from kb.api import DocumentViewSet, KnowledgeBaseViewSet
@@ -23,5 +24,6 @@ router.register("evaluation-runs", EvaluationRunViewSet, basename="evaluation-ru
 router.register("assistants", AssistantViewSet, basename="assistant")
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("data-sources", DataSourceViewSet, basename="data-source")
 
 urlpatterns = router.urls

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "evaluation",
     "chat",
     "integrations",
+    "datasources",
     "workers",
     "web",
 ]
@@ -356,6 +357,18 @@ EVALUATION_IMPORT_SHARE = env.float("EVALUATION_IMPORT_SHARE", default=0.2)
 # loses recall on a filter to a few knowledge bases, and scanning a few thousand rows is cheap.
 KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000)
 
+# --- data sources (datasources) -------------------------------------------------------------
+
+# Every query against a team's database: its time limit, the rows the console returns, the rows
+# an assistant's model reads, the rows of each table shown as samples, an uploaded SQLite's size.
+DATA_SOURCE_STATEMENT_TIMEOUT_S = env.float("DATA_SOURCE_STATEMENT_TIMEOUT_S", default=10.0)
+DATA_SOURCE_ROW_CAP = env.int("DATA_SOURCE_ROW_CAP", default=1000)
+DATA_SOURCE_ANSWER_ROWS = env.int("DATA_SOURCE_ANSWER_ROWS", default=30)
+DATA_SOURCE_SAMPLE_ROWS = env.int("DATA_SOURCE_SAMPLE_ROWS", default=3)
+DATA_SOURCE_SQLITE_MAX_BYTES = env.int("DATA_SOURCE_SQLITE_MAX_BYTES", default=200 * 1024 * 1024)
+# How many times an assistant's model may correct a statement the guard or the database refused.
+DATA_SOURCE_SQL_RETRIES = env.int("DATA_SOURCE_SQL_RETRIES", default=2)
+
 # --- outbound requests and webhooks ----------------------------------------------------------
 
 # Networks the server may connect to although they are loopback/private/link-local (the SSRF
@@ -379,5 +392,9 @@ LOGGING = {
         "axes": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
+        # The MCP server runs a session manager per request (integrations.mcp_server): its start,
+        # stop and "terminating session" lines at INFO would be three per request.
+        "mcp.server.streamable_http_manager": {"level": "WARNING"},
+        "mcp.server.streamable_http": {"level": "WARNING"},
     },
 }

@@ -182,6 +182,13 @@ def outbound_url_check(url: str) -> OutboundTarget:
     if not host:
         raise UnsafeUrl(f"{url!r} names no host")
     port = port if port is not None else DEFAULT_PORTS[scheme]
+    addresses = outbound_host_check(host, port)
+    return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, addresses=addresses)
+
+
+def outbound_host_check(host: str, port: int) -> tuple[IPAddress, ...]:
+    """The addresses of `host` the server may connect to (all of them, or UnsafeUrl): the same rule
+    for a URL's host and for a database server's (datasources)."""
     addresses = _resolve(host, port)
     allowed = _allowed_networks()
     for address in addresses:
@@ -192,7 +199,7 @@ def outbound_url_check(url: str) -> OutboundTarget:
                 "If this server is meant to reach it (a model server on your network, say), ask the operator "
                 "to add the network to OUTBOUND_ALLOWED_NETWORKS."
             )
-    return OutboundTarget(url=url.strip(), scheme=scheme, host=host, port=port, addresses=addresses)
+    return addresses
 
 
 # --- the transport every call to a model provider goes through ----------------------------------

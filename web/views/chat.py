@@ -25,6 +25,7 @@ from evaluation.models import EvaluationSet
 from kb.models import Chunk
 from kb.selectors import chunks_visible, documents_visible
 from web.markdown import render_markdown
+from web.sql_chart import sql_result_chart
 from web.teams import current_membership, team_switch
 from web.views.evaluation import answer_evaluation_sets
 
@@ -63,7 +64,8 @@ def message_context(message: Message, eval_sets: Sequence[EvaluationSet] = ()) -
     """`eval_sets`: for a team admin's own page, the sets this answer may be added to once marked
     good (web.views.evaluation); a room's broadcast, rendered once for everyone, has none."""
     html = render_markdown(message.content, citation_urls(message)) if message.role == Message.Role.ASSISTANT else ""
-    return {"message": message, "html": html, "eval_sets": eval_sets}
+    tool_calls = [{**call, "chart": sql_result_chart(call["columns"], call["rows"])} for call in message.tool_calls]
+    return {"message": message, "html": html, "eval_sets": eval_sets, "tool_calls": tool_calls}
 
 
 @login_required
