@@ -7,12 +7,15 @@ from __future__ import annotations
 import io
 import json
 import re
+import sqlite3
+import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
@@ -21,6 +24,8 @@ from accounts.models import ApiKey, Role, Scope, Team
 from accounts.services import api_key_create, api_key_revoke, membership_set
 from chat.models import Assistant, Conversation, Message
 from chat.services import assistant_create, conversation_create
+from datasources.models import DataSource
+from datasources.services import data_source_create
 from evaluation.models import EvaluationItem, EvaluationRun, EvaluationSet
 from evaluation.services import evaluation_set_create, item_create, run_create
 from integrations.models import Webhook
@@ -52,6 +57,15 @@ class World:
     embedding_id: int
     provider_id: int
     rerank_id: int
+
+
+def tiny_sqlite() -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/t.sqlite"
+        with sqlite3.connect(path) as database:
+            database.execute("CREATE TABLE t (id integer)")
+        with open(path, "rb") as handle:
+            return handle.read()
 
 
 def build_world(label: str = "", team: Team | None = None) -> World:
@@ -89,12 +103,16 @@ def build_world(label: str = "", team: Team | None = None) -> World:
         evaluation_set=evaluation_set, data={"question": "hi?", "expected_document": document.original_name}
     )
     run = run_create(evaluation_set=evaluation_set, modes=["fulltext"], top_k=5)
+    data_source = data_source_create(
+        team=team, name=f"{label}Data", kind="sqlite", sqlite_file=SimpleUploadedFile("t.sqlite", tiny_sqlite())
+    )
     return World(
         team_id=team.pk,
         ids={
             "api-keys": key.pk,
             "assistants": assistant.pk,
             "conversations": room.pk,
+            "data-sources": data_source.pk,
             "documents": document.pk,
             "evaluation-items": item.pk,
             "evaluation-runs": run.pk,
@@ -145,6 +163,14 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/conversations/": {"assistant": world.ids["assistants"], "team": team},
         "/api/v1/conversations/{id}/": {"title": "Renamed", "assistant": world.ids["assistants"]},
         "/api/v1/conversations/{id}/messages/": {"content": "hello"},
+        "/api/v1/data-sources/": {
+            "name": "DS2",
+            "kind": "postgresql",
+            "dsn": f"postgresql://u:p@127.0.0.1:{free_port()}/x",
+            "team": team,
+        },
+        "/api/v1/data-sources/{id}/": {"name": "Renamed", "description": "d"},
+        "/api/v1/data-sources/{id}/query/": {"sql": "SELECT id FROM t"},
         "/api/v1/knowledge-bases/": {"name": "KB2", "embedding_model": world.embedding_id, "team": team},
         "/api/v1/knowledge-bases/{id}/": {"name": "Renamed", "embedding_model": world.embedding_id},
         "/api/v1/knowledge-bases/{id}/search/": {"query": "hello", "mode": "fulltext"},
@@ -217,6 +243,7 @@ def counts(team_id: int) -> dict[str, int]:
             EvaluationSet,
             EvaluationItem,
             EvaluationRun,
+            DataSource,
         )
     }
 
@@ -308,6 +335,7 @@ REFERENCE_FIELDS = {
     "provider": "provider",
     "assistant": "assistant",
     "knowledge_bases": "knowledge_base",
+    "data_sources": "data_source",
     "document_ids": "document",
     "documents": "document",
     "message": "message",
@@ -355,6 +383,7 @@ def object_id(world: World, kind: str) -> int:
         "knowledge_base": world.ids["knowledge-bases"],
         "document": world.ids["documents"],
         "message": world.ids["messages"],
+        "data_source": world.ids["data-sources"],
     }[kind]
 
 
@@ -378,6 +407,7 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
         EvaluationSet,
         EvaluationItem,
         EvaluationRun,
+        DataSource,
     ):
         rows[model.__name__] = [
             {key: value for key, value in row.items() if key not in moving}
@@ -385,6 +415,8 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
         ]
     links = Assistant.knowledge_bases.through.objects.filter(assistant__team_id=team_id).order_by("pk")
     rows["assistant_kbs"] = [dict(row) for row in links.values("assistant_id", "knowledgebase_id")]
+    source_links = Assistant.data_sources.through.objects.filter(assistant__team_id=team_id).order_by("pk")
+    rows["assistant_data_sources"] = [dict(row) for row in source_links.values("assistant_id", "datasource_id")]
     rows["Team"] = [dict(row) for row in Team.objects.filter(pk=team_id).values("name", "slug")]
     return rows
 
@@ -392,12 +424,18 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
 def broken_references() -> list[str]:
     """Rows anywhere that point at another team's object or at one of the wrong kind."""
     broken = []
-    for assistant in Assistant.objects.select_related("llm", "rerank_model").prefetch_related("knowledge_bases"):
+    assistants = Assistant.objects.select_related("llm", "rerank_model").prefetch_related(
+        "knowledge_bases", "data_sources"
+    )
+    for assistant in assistants:
         if assistant.llm.team_id != assistant.team_id or assistant.llm.kind != "llm":
             broken.append(f"assistant {assistant.pk} -> llm {assistant.llm_id}")
         rerank = assistant.rerank_model
         if rerank is not None and (rerank.team_id != assistant.team_id or rerank.kind != "rerank"):
             broken.append(f"assistant {assistant.pk} -> rerank {rerank.pk}")
+        for source in assistant.data_sources.all():
+            if source.team_id != assistant.team_id:
+                broken.append(f"assistant {assistant.pk} -> data source {source.pk}")
         for kb in assistant.knowledge_bases.all():
             if kb.team_id != assistant.team_id or Conversation.objects.filter(file_knowledge_base=kb).exists():
                 broken.append(f"assistant {assistant.pk} -> knowledge base {kb.pk}")

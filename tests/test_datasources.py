@@ -76,12 +76,12 @@ def fill(execute: Any) -> None:
     execute("CREATE TABLE customers (id integer PRIMARY KEY, name text, country text)")
     execute("CREATE TABLE orders (id integer PRIMARY KEY, customer_id integer, amount numeric, ordered_on date)")
     execute("CREATE TABLE secrets (id integer PRIMARY KEY, token text)")
-    for row in CUSTOMERS:
-        execute("INSERT INTO customers VALUES (%s, %s, %s)", row)
-    for row in ORDERS:
-        execute("INSERT INTO orders VALUES (%s, %s, %s, %s)", row)
-    for row in SECRETS:
-        execute("INSERT INTO secrets VALUES (%s, %s)", row)
+    for customer in CUSTOMERS:
+        execute("INSERT INTO customers VALUES (%s, %s, %s)", customer)
+    for order in ORDERS:
+        execute("INSERT INTO orders VALUES (%s, %s, %s, %s)", order)
+    for secret in SECRETS:
+        execute("INSERT INTO secrets VALUES (%s, %s)", secret)
 
 
 def sqlite_bytes(tmp_path: Path) -> bytes:
