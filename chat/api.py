@@ -35,6 +35,7 @@ from chat.services import (
     turn_prepare,
 )
 from chat.streaming import event_stream_response, request_stop, turn_answer
+from chat.tools import tool_specs_shown
 from core.domain_errors import DomainError
 from datasources.models import DataSource
 from kb.models import KnowledgeBase
@@ -50,6 +51,13 @@ from restapi.viewsets import TeamScopedModelViewSet
 MAX_MESSAGE_CHARS = 32_000
 
 
+class ToolSpecsField(serializers.JSONField):
+    """An assistant's tools (chat.tools): checked by the service; header values shown as ***."""
+
+    def to_representation(self, value: Any) -> Any:
+        return tool_specs_shown(value or [])
+
+
 class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     """References resolve among what the caller sees (another team's id is "not found", like a
     missing one); chat.services checks they are the assistant's own team's and of the right kind."""
@@ -63,6 +71,11 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         many=True, queryset=KnowledgeBase.objects.none(), required=False
     )
     data_sources = serializers.PrimaryKeyRelatedField(many=True, queryset=DataSource.objects.none(), required=False)
+    tools = ToolSpecsField(
+        required=False,
+        help_text='Tool specs: {"type": "knowledge_base_search"}, {"type": "sql"}, {"type": "http", "name", '
+        '"openapi_url", "headers"?}, {"type": "mcp", "name", "url", "headers"?} or {"type": "mcp", "name", "server"}.',
+    )
 
     class Meta:
         model = Assistant
@@ -73,6 +86,7 @@ class AssistantSerializer(StrictFieldsMixin, serializers.ModelSerializer):
             "llm",
             "knowledge_bases",
             "data_sources",
+            "tools",
             "system_prompt",
             "retrieval_mode",
             "top_k",

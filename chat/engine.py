@@ -3,9 +3,17 @@ as events. Conversations (SSE), team rooms (WebSocket messages) and the OpenAI-c
 (`chat.completion.chunk`s) are three formats of the same events; each front door says only how an
 answer that ended is kept (`Finish`): a conversation saves its message, /v1 meters usage.
 
-Events, in order: `sources`, `token`..., then `error` if the model failed, then `usage` and
-`done`. The front doors that do not stream (REST without `stream`, /v1 without it) take the same
-events whole (`answer()`). Tool calls will be events of their own here. Whatever way the answer ends (complete,
+Events, in order: `sources`, the `tool_call`s run before the answer (SQL), `token`..., with
+`tool_call` and `tool_result` between rounds when the model calls the assistant's tools, then
+`error` if the model failed, then `usage` and `done`. The front doors that do not stream (REST
+without `stream`, /v1 without it) take the same events whole (`answer()`).
+
+Tools (chat.tools): the model is called with the plan's tools bound; when a round ends in tool
+calls, each runs (time-limited, metered as a request of `tool:<name>`), its result goes back to the
+model, and the next round streams; after TOOL_MAX_STEPS rounds the model is called without tools,
+so it must answer. A call to a tool it was not given is answered with an error, never run.
+
+Whatever way the answer ends (complete,
 stopped by the user, the model failing, the client going away) the finish runs once, with what
 was written so far; closing the event generator closes the model's stream, so the model stops."""
 
@@ -19,7 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from langchain_core.messages import AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.tools import BaseTool
 
+from accounts.quotas import usage_record
 from chat.memory import estimate_tokens
 from chat.models import MessageStatus
 from chat.services import AnswerPlan
@@ -32,7 +44,7 @@ STOP_CHECK_EVERY_S = 0.25
 
 @dataclass(frozen=True)
 class AnswerEvent:
-    kind: str  # "sources", "token", "error", "usage" or "done"
+    kind: str  # "sources", "tool_call", "tool_result", "token", "error", "usage" or "done"
     data: dict[str, Any]
 
 
@@ -49,6 +61,7 @@ class AnswerOutcome:
     time_to_first_token_ms: int | None
     total_ms: int
     finish_reason: str  # OpenAI's: "stop", "length" or "content_filter"
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the plan's and the rounds'
 
 
 # Keeps the outcome (saves the message, meters the usage) and returns the `done` event's data.
@@ -80,6 +93,9 @@ class AnswerEngine:
     _finish_reason: str = "stop"
     _first_token_ms: int | None = None
     _last_stop_check: float = 0.0
+    _prompt: list[BaseMessage] = field(default_factory=list)  # grows by each round of tool calls
+    _round: AIMessageChunk | None = None  # the current round's message, pieces added up
+    _tool_calls: list[dict[str, Any]] = field(default_factory=list)
     outcome: AnswerOutcome | None = None  # set once the answer ended
     failure: Exception | None = None  # why the model failed, when it did
 
@@ -92,8 +108,16 @@ class AnswerEngine:
         # The answer may take minutes: the request's pooled database connection is not held
         # through it (the finish borrows one again).
         await sync_to_async(release_pooled_connection)()
+        self._prompt = list(self.plan.prompt)
+        await self._open_round(with_tools=bool(self.plan.tools))
+
+    async def _open_round(self, *, with_tools: bool) -> None:
         kwargs = {"max_tokens": self.plan.max_tokens, **self.model_kwargs}
-        upstream = cast(AsyncGenerator[Any, None], chat_model_for(self.plan.llm).astream(self.plan.prompt, **kwargs))
+        model: Any = chat_model_for(self.plan.llm)
+        if with_tools:
+            model = model.bind_tools(self.plan.tools)
+        upstream = cast(AsyncGenerator[Any, None], model.astream(self._prompt, **kwargs))
+        self._round = None
         try:
             self._first = await upstream.__anext__()
         except StopAsyncIteration:
@@ -109,9 +133,9 @@ class AnswerEngine:
             yield AnswerEvent("tool_call", call)
         status, error = MessageStatus.COMPLETE, ""
         try:
-            async with contextlib.aclosing(self._texts()) as texts:
-                async for text in texts:
-                    yield AnswerEvent("token", {"text": text})
+            async with contextlib.aclosing(self._pieces()) as pieces:
+                async for piece in pieces:
+                    yield piece if isinstance(piece, AnswerEvent) else AnswerEvent("token", {"text": piece})
                     if await self._stop_requested_now():
                         status = MessageStatus.STOPPED
                         break
@@ -151,11 +175,31 @@ class AnswerEngine:
         assert self.outcome is not None
         return self.outcome
 
-    async def _texts(self) -> AsyncGenerator[str, None]:
+    async def _pieces(self) -> AsyncGenerator[str | AnswerEvent, None]:
+        """The answer's text, round by round, with the tool events between rounds."""
         if self.plan.canned_answer is not None:  # nothing found: said without calling the model
             yield self._take_text(self.plan.canned_answer)
             return
         await self.start()
+        for step in range(1, settings.TOOL_MAX_STEPS + 2):
+            async with contextlib.aclosing(self._round_texts()) as texts:
+                async for text in texts:
+                    yield text
+            round_message = self._round
+            if round_message is None or not round_message.tool_calls:
+                return
+            calls = round_message.tool_calls
+            self._prompt.append(round_message)
+            for call in calls:
+                yield AnswerEvent("tool_call", {"id": call["id"], "name": call["name"], "arguments": call["args"]})
+                record = await self._run_tool(dict(call))
+                self._tool_calls.append(record)
+                self._prompt.append(ToolMessage(content=record["result"] or record["error"], tool_call_id=call["id"]))
+                yield AnswerEvent("tool_result", record)
+            # The last round has no tools bound: the model answers with what it has.
+            await self._open_round(with_tools=step < settings.TOOL_MAX_STEPS)
+
+    async def _round_texts(self) -> AsyncGenerator[str, None]:
         assert self._upstream is not None
         async with contextlib.aclosing(self._upstream) as stream:
             if self._first is not None:
@@ -167,9 +211,42 @@ class AnswerEngine:
                 if text:
                     yield text
 
+    async def _run_tool(self, call: dict[str, Any]) -> dict[str, Any]:
+        """Run one call the model made, within the time limit; what went wrong is its result."""
+        record: dict[str, Any] = {
+            "tool": call["name"],
+            "id": call["id"],
+            "arguments": call["args"],
+            "result": "",
+            "error": "",
+        }
+        tools: dict[str, BaseTool] = {tool.name: tool for tool in self.plan.tools}
+        tool = tools.get(call["name"])
+        started = time.perf_counter()
+        if tool is None:
+            record["error"] = f"there is no tool {call['name']!r}: use one of {', '.join(tools) or 'none'}"
+        else:
+            try:
+                result = await asyncio.wait_for(tool.ainvoke(call["args"]), settings.TOOL_CALL_TIMEOUT_S)
+                record["result"] = str(result)
+            except TimeoutError:
+                record["error"] = f"the tool ran past its {settings.TOOL_CALL_TIMEOUT_S:g} s limit"
+            except Exception as exc:  # a refusal (SqlRefused...), a bad argument, a server down
+                record["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+            await sync_to_async(usage_record)(
+                team_id=self.plan.team_id, user_id=self.plan.user_id, model_name=f"tool:{call['name']}"[:200],
+                tokens_in=0, tokens_out=0,
+            )  # fmt: skip
+        record["ms"] = int((time.perf_counter() - started) * 1000)
+        return record
+
     def _take(self, piece: Any) -> str:
+        if isinstance(piece, AIMessageChunk):
+            self._round = piece if self._round is None else self._round + piece
         if getattr(piece, "usage_metadata", None):
-            self._usage = dict(piece.usage_metadata)
+            # One usage per round (the stream's last piece): rounds add up.
+            for key in ("input_tokens", "output_tokens"):
+                self._usage[key] = self._usage.get(key, 0) + int(piece.usage_metadata.get(key) or 0)
         metadata = getattr(piece, "response_metadata", None)
         if metadata and metadata.get("finish_reason"):
             self._finish_reason = finish_reason_of(metadata)
@@ -210,4 +287,5 @@ class AnswerEngine:
             time_to_first_token_ms=None if canned else self._first_token_ms,
             total_ms=0 if canned else total_ms,
             finish_reason=self._finish_reason,
+            tool_calls=[*self.plan.tool_calls, *self._tool_calls],
         )

@@ -23,6 +23,8 @@ class Assistant(models.Model):
         related_name="assistants",
         help_text="Databases the assistant answers from in SQL (datasources.text_to_sql).",
     )
+    # Tool specs (chat.tools): knowledge_base_search, sql, http (OpenAPI), mcp; header secrets encrypted.
+    tools = models.JSONField(default=list, blank=True)
     system_prompt = models.TextField(blank=True, default="You are a helpful assistant for the team.")
     retrieval_mode = models.CharField(max_length=10, choices=RetrievalMode.choices, default=RetrievalMode.HYBRID)
     top_k = models.PositiveSmallIntegerField(default=4)

@@ -14,6 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.tools import BaseTool
 
 from accounts.models import Team, User
 from accounts.quotas import quota_check, quota_release, quota_reserve, usage_record
@@ -22,6 +23,7 @@ from chat.followups import retrieval_query
 from chat.memory import estimate_prompt_tokens, estimate_tokens, recent_window, trim_to_budget
 from chat.models import Assistant, Conversation, Message, MessageStatus
 from chat.rooms import room_notify
+from chat.tools import assistant_tools, tool_specs_clean
 from core.domain_errors import DomainError
 from core.unset import UNSET, Unset, given
 from datasources.models import DataSource
@@ -92,6 +94,7 @@ def assistant_create(
     llm: ModelRegistration,
     knowledge_bases: list[KnowledgeBase] | None = None,
     data_sources: list[DataSource] | None = None,
+    tools: list[dict[str, Any]] | None = None,
     rerank_model: ModelRegistration | None = None,
     system_prompt: str | None = None,
     retrieval_mode: str = RetrievalMode.HYBRID,
@@ -121,6 +124,7 @@ def assistant_create(
         rerank_model=rerank_model,
         retrieval_mode=retrieval_mode,
         score_threshold=score_threshold,
+        tools=tool_specs_clean(tools or []),
         **{key: value for key, value in optional.items() if value is not None},
     )
     assistant.knowledge_bases.set(knowledge_bases or [])
@@ -136,6 +140,7 @@ def assistant_update(
     llm: ModelRegistration | Unset = UNSET,
     knowledge_bases: list[KnowledgeBase] | Unset = UNSET,
     data_sources: list[DataSource] | Unset = UNSET,
+    tools: list[dict[str, Any]] | Unset = UNSET,
     rerank_model: ModelRegistration | Unset | None = UNSET,
     system_prompt: str | Unset = UNSET,
     retrieval_mode: str | Unset = UNSET,
@@ -168,6 +173,7 @@ def assistant_update(
         recent_tokens=recent_tokens,
         summary_tokens=summary_tokens,
         max_answer_tokens=max_answer_tokens,
+        tools=tools if isinstance(tools, Unset) else tool_specs_clean(tools, previous=assistant.tools),
     )
     for key, value in changes.items():
         setattr(assistant, key, value)
@@ -296,6 +302,7 @@ class AnswerPlan:
     sources: list[dict[str, Any]]
     max_tokens: int
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # run before the answer (SQL)
+    tools: list[BaseTool] = field(default_factory=list)  # the model may call these (chat.engine)
     retrieval_query: str = ""
     canned_answer: str | None = None  # said instead of calling the model (nothing found)
     reservation_id: int | None = None  # the quota held for the answer (accounts.quotas)
@@ -383,7 +390,11 @@ def answer_plan(
     quota_check(team_id=team_id, user_id=user_id)
     query = question
     hits: list[Hit] = []
-    if knowledge_bases:
+    tools = assistant_tools(
+        specs=assistant.tools, knowledge_bases=knowledge_bases, data_sources=list(assistant.data_sources.all())
+    )
+    searches_itself = any(tool.name == "search_knowledge_base" for tool in tools)
+    if knowledge_bases and not searches_itself:
         query = retrieval_query([turn.content for turn in recent if turn.role == Message.Role.USER], question)
         # The embedding model down raises ModelUnavailable (503) from the search itself.
         hits = kb_search(
@@ -397,7 +408,9 @@ def answer_plan(
             ),
         )
     sources = [_source(index, hit) for index, hit in enumerate(hits, start=1)]
-    sql_call = _sql_call(assistant, question, previous_sql, team_id=team_id, user_id=user_id)
+    # With a `sql` tool the model queries when it decides to; without, every question is answered in SQL.
+    has_sql_tool = any(tool.name == "query_database" for tool in tools)
+    sql_call = None if has_sql_tool else _sql_call(assistant, question, previous_sql, team_id=team_id, user_id=user_id)
     system = assistant.system_prompt
     if extra_system:
         system = f"{system}\n\n{trim_to_budget(extra_system, assistant.recent_tokens)}"
@@ -424,8 +437,11 @@ def answer_plan(
         sources=sources,
         max_tokens=min(max_tokens or assistant.max_answer_tokens, assistant.max_answer_tokens),
         tool_calls=[sql_call.as_json()] if sql_call is not None else [],
-        retrieval_query=query if knowledge_bases else "",
-        canned_answer=prompts.NOTHING_FOUND if knowledge_bases and not hits and sql_call is None else None,
+        tools=tools,
+        retrieval_query=query if knowledge_bases and not searches_itself else "",
+        canned_answer=prompts.NOTHING_FOUND
+        if knowledge_bases and not hits and sql_call is None and not tools
+        else None,
     )
     if plan.canned_answer is None:
         reservation = quota_reserve(
@@ -548,6 +564,7 @@ def turn_finish(
     completion_tokens: int | None = None,
     prompt_tokens: int | None = None,
     metered: bool | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> Message:
     """Save the answer as it ended (complete, stopped, failed), meter usage, and schedule the
     summary and title work."""
@@ -560,6 +577,7 @@ def turn_finish(
         status=status,
         error=error,
         citations=mark_citations(turn.sources, content),
+        tool_calls=tool_calls if tool_calls is not None else turn.tool_calls,
         prompt_tokens=tokens_in if called_model else 0,
         completion_tokens=tokens_out if called_model else 0,
         time_to_first_token_ms=time_to_first_token_ms,

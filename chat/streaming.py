@@ -55,6 +55,7 @@ def conversation_engine(turn: PreparedTurn, *, whole: bool = False) -> AnswerEng
             completion_tokens=outcome.completion_tokens,
             prompt_tokens=outcome.prompt_tokens,
             metered=outcome.called_model,
+            tool_calls=outcome.tool_calls,
         )
         return {"message_id": message.pk, "status": message.status, "citations": message.citations}
 

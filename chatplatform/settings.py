@@ -369,6 +369,15 @@ DATA_SOURCE_SQLITE_MAX_BYTES = env.int("DATA_SOURCE_SQLITE_MAX_BYTES", default=2
 # How many times an assistant's model may correct a statement the guard or the database refused.
 DATA_SOURCE_SQL_RETRIES = env.int("DATA_SOURCE_SQL_RETRIES", default=2)
 
+# --- assistants' tools (chat.tools) ------------------------------------------------------------
+
+# Each tool call's time limit, and how many rounds of tool calls one answer may make.
+TOOL_CALL_TIMEOUT_S = env.float("TOOL_CALL_TIMEOUT_S", default=20.0)
+TOOL_MAX_STEPS = env.int("TOOL_MAX_STEPS", default=4)
+# MCP servers run as local processes (stdio), by the operator only: a JSON object of
+# {"name": {"command": "...", "args": [...]}}. Assistants name them; users never give a command.
+MCP_STDIO_SERVERS = env.json("MCP_STDIO_SERVERS", default={})
+
 # --- outbound requests and webhooks ----------------------------------------------------------
 
 # Networks the server may connect to although they are loopback/private/link-local (the SSRF

@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from models_registry.services import provider_create, registration_create, regis
 from realservices.offline_models import offline_models_on
 from realservices.xinference import XinferenceServer
 from tests.conftest import bearer_client, member_of
+from tests.model_stand_in import ScriptedModelStandIn, scripted_model_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -347,60 +347,9 @@ def test_the_api_registers_introspects_queries_and_keeps_other_teams_out(
     assert not file_path.exists()
 
 
-class ScriptedModelStandIn(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat server that replays `replies` in order (whole or streamed) and keeps
-    each request's messages: a stand-in for a model that writes SQL, where the test needs to know
-    what it writes."""
-
-    replies: list[str] = []
-    requests: list[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-        self.requests.append(body["messages"])
-        reply = self.replies.pop(0) if self.replies else "No more replies."
-        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
-        if not body.get("stream"):
-            payload = {
-                "id": "c",
-                "object": "chat.completion",
-                "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                "usage": usage,
-            }
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for delta, finish in (({"role": "assistant", "content": reply}, None), ({}, "stop")):
-            chunk = {"id": "c", "object": "chat.completion.chunk", "model": body["model"],
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        usage_chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": usage}
-        self.wfile.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def scripted_model() -> Iterator[tuple[str, type[ScriptedModelStandIn]]]:
-    handler = type("Scripted", (ScriptedModelStandIn,), {"replies": [], "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
+    yield from scripted_model_server()
 
 
 def test_an_assistant_answers_in_sql_corrects_a_refused_statement_and_refines_a_follow_up(
@@ -428,8 +377,8 @@ def test_an_assistant_answers_in_sql_corrects_a_refused_statement_and_refines_a_
     assert call["attempts"] == 2
     assert call["error"] == ""
     assert call["rows"] == [["DE", 66], ["US", 134]]
-    assert "secrets" in model.requests[1][-1]["content"]  # the refusal went back to the model
-    final_prompt = model.requests[2][0]["content"]
+    assert "secrets" in model.requests[1]["messages"][-1]["content"]  # the refusal went back to the model
+    final_prompt = model.requests[2]["messages"][0]["content"]
     assert "| DE | 66 |" in final_prompt
     assert "GROUP BY c.country" in final_prompt
     assert answer.content == "US customers placed 134 orders, DE customers 66."
@@ -441,7 +390,7 @@ def test_an_assistant_answers_in_sql_corrects_a_refused_statement_and_refines_a_
         "In 2024: DE 33, US 67.",
     ]
     follow_up = turn_answer(turn=turn_prepare(conversation=conversation, author=user, content="and only for 2024?"))
-    writer_prompt = model.requests[3]
+    writer_prompt = model.requests[3]["messages"]
     assert writer_prompt[-1]["content"] == "and only for 2024?"
     assert "GROUP BY c.country" in writer_prompt[-2]["content"]
     assert writer_prompt[-3]["content"] == "Orders per country?"
