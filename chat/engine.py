@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ STOP_CHECK_EVERY_S = 0.25
 
 @dataclass(frozen=True)
 class AnswerEvent:
-    kind: str  # "sources", "tool_call", "tool_result", "token", "error", "usage" or "done"
+    # "sources", "tool_call", "tool_result", "tool_calls_requested", "token", "error", "usage" or "done"
+    kind: str
     data: dict[str, Any]
 
 
@@ -60,8 +62,10 @@ class AnswerOutcome:
     completion_tokens: int
     time_to_first_token_ms: int | None
     total_ms: int
-    finish_reason: str  # OpenAI's: "stop", "length" or "content_filter"
+    finish_reason: str  # OpenAI's: "stop", "length", "content_filter" or "tool_calls"
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # the plan's and the rounds'
+    # Calls of a /v1 client's functions, for the client to run: [{"id", "name", "arguments"}].
+    requested_tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 # Keeps the outcome (saves the message, meters the usage) and returns the `done` event's data.
@@ -96,6 +100,7 @@ class AnswerEngine:
     _prompt: list[BaseMessage] = field(default_factory=list)  # grows by each round of tool calls
     _round: AIMessageChunk | None = None  # the current round's message, pieces added up
     _tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    _requested_tool_calls: list[dict[str, Any]] = field(default_factory=list)
     outcome: AnswerOutcome | None = None  # set once the answer ended
     failure: Exception | None = None  # why the model failed, when it did
 
@@ -109,12 +114,14 @@ class AnswerEngine:
         # through it (the finish borrows one again).
         await sync_to_async(release_pooled_connection)()
         self._prompt = list(self.plan.prompt)
-        await self._open_round(with_tools=bool(self.plan.tools))
+        await self._open_round(with_tools=bool(self.plan.tools or self.plan.client_tools))
 
     async def _open_round(self, *, with_tools: bool) -> None:
         kwargs = {"max_tokens": self.plan.max_tokens, **self.model_kwargs}
         model: Any = chat_model_for(self.plan.llm)
-        if with_tools:
+        if with_tools and self.plan.client_tools:
+            model = model.bind_tools(self.plan.client_tools, tool_choice=self.plan.tool_choice)
+        elif with_tools:
             model = model.bind_tools(self.plan.tools)
         upstream = cast(AsyncGenerator[Any, None], model.astream(self._prompt, **kwargs))
         self._round = None
@@ -189,6 +196,14 @@ class AnswerEngine:
             if round_message is None or not round_message.tool_calls:
                 return
             calls = round_message.tool_calls
+            if self.plan.client_tools:  # the client's functions: it runs them and asks again
+                self._requested_tool_calls = [
+                    {"id": call["id"], "name": call["name"], "arguments": json.dumps(call["args"], ensure_ascii=False)}
+                    for call in calls
+                ]
+                self._finish_reason = "tool_calls"
+                yield AnswerEvent("tool_calls_requested", {"tool_calls": self._requested_tool_calls})
+                return
             self._prompt.append(round_message)
             for call in calls:
                 yield AnswerEvent("tool_call", {"id": call["id"], "name": call["name"], "arguments": call["args"]})
@@ -288,4 +303,5 @@ class AnswerEngine:
             total_ms=0 if canned else total_ms,
             finish_reason=self._finish_reason,
             tool_calls=[*self.plan.tool_calls, *self._tool_calls],
+            requested_tool_calls=self._requested_tool_calls,
         )

@@ -303,6 +303,9 @@ class AnswerPlan:
     max_tokens: int
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # run before the answer (SQL)
     tools: list[BaseTool] = field(default_factory=list)  # the model may call these (chat.engine)
+    # Functions a /v1 client offers (OpenAI tool dicts): the model may ask for them, the client runs them.
+    client_tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = None
     retrieval_query: str = ""
     canned_answer: str | None = None  # said instead of calling the model (nothing found)
     reservation_id: int | None = None  # the quota held for the answer (accounts.quotas)

@@ -23,8 +23,10 @@ from django.urls import Resolver404, resolve
 from core.sizes import format_bytes
 
 # The views that take files, multipart: a knowledge base's documents, a conversation's files,
-# the admin console's upload page, a data source's SQLite file.
-UPLOAD_URL_NAMES = frozenset({"knowledge-base-documents", "conversation-files", "admin:kb_upload", "data-source-list"})
+# the admin console's upload page, a data source's SQLite file (the API's, and the web form's).
+UPLOAD_URL_NAMES = frozenset(
+    {"knowledge-base-documents", "conversation-files", "admin:kb_upload", "data-source-list", "web:datasource-create"}
+)
 
 Scope = dict[str, Any]
 Application = Any  # an ASGI application: (scope, receive, send) -> None

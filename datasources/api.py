@@ -9,12 +9,13 @@ from typing import Any
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.models import Role, User
+from accounts.selectors import has_team_role
 from datasources.models import DataSource, DataSourceKind
 from datasources.services import (
     data_source_create,
@@ -139,12 +140,19 @@ class DataSourceViewSet(TeamScopedModelViewSet):
         data_source_delete(data_source=instance)
 
     @extend_schema(request=None, responses=SchemaSerializer)
-    @action(detail=True, methods=["get"], url_path="schema")
+    @action(detail=True, methods=["get", "post"], url_path="schema")
     def table_schema(self, request: Request, pk: str | None = None) -> Response:
-        """The tables as the database has them now (read again), their columns and, where allowed, a
-        few rows; `allowed_tables` are those queries may read."""
-        source = data_source_refresh_schema(data_source=self.get_object())
-        return Response({"tables": source.tables, "allowed_tables": source.allowed_tables})
+        """GET: the tables as last read, their columns and, where allowed, a few rows; admins see
+        every table (to choose), members and viewers the allowed ones only. POST (admins): read the
+        schema from the database again. `allowed_tables` are those queries may read."""
+        source = self.get_object()
+        is_admin = has_team_role(user=request.user, api_key=self.api_key, team_id=source.team_id, role=Role.ADMIN)
+        if request.method == "POST":
+            if not is_admin:
+                raise PermissionDenied("Only the team's admins and owners may read the schema again: ask one of them.")
+            source = data_source_refresh_schema(data_source=source)
+        tables = [table for table in source.tables if is_admin or table["name"] in source.allowed_tables]
+        return Response({"tables": tables, "allowed_tables": source.allowed_tables})
 
     @extend_schema(request=QueryInputSerializer, responses={200: QueryResultSerializer})
     @action(detail=True, methods=["post"])

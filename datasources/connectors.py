@@ -215,6 +215,10 @@ def sqlite_check_file(path: Path) -> None:
 
 
 def _sqlite_connect(path: Path) -> sqlite3.Connection:
+    if not path.is_file():
+        raise DataSourceUnreachable(
+            "the data source's SQLite file is missing from the server's storage: upload it again as a new data source"
+        )
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     connection.execute("PRAGMA query_only = ON")
     # The file is the user's: its schema must not be able to call functions with side effects.

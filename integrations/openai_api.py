@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import struct
 import time
 import uuid
@@ -23,6 +24,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -72,7 +74,9 @@ IGNORED_FIELDS = {
     "prediction",
     "web_search_options",
 }
-UNSUPPORTED_FIELDS = {"tools", "tool_choice", "functions", "function_call", "audio"}
+UNSUPPORTED_FIELDS = {"functions", "function_call", "audio"}
+MAX_TOOLS = 64
+FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -222,11 +226,44 @@ class ModelDetailView(OpenAIView):
 
 
 class ChatMessageSerializer(serializers.Serializer):
-    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant"])
-    content = serializers.JSONField(help_text="A string, or a list of text parts.")
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = serializers.JSONField(
+        help_text="A string, or a list of text parts (null for an assistant message with tool_calls).", allow_null=True
+    )
     name = serializers.CharField(required=False, max_length=200)
+    tool_calls = serializers.ListField(
+        child=serializers.DictField(), required=False, help_text="An assistant message's calls of your functions."
+    )
+    tool_call_id = serializers.CharField(
+        required=False, max_length=200, help_text="A tool message: the call it answers."
+    )
+
+    def validate_tool_calls(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for call in calls:
+            function = call.get("function")
+            if not isinstance(call.get("id"), str) or not isinstance(function, dict) or not function.get("name"):
+                raise serializers.ValidationError(
+                    "each tool call is {'id', 'type': 'function', 'function': {'name', 'arguments'}}"
+                )
+            try:
+                arguments = json.loads(function.get("arguments") or "{}")
+            except (TypeError, ValueError) as exc:
+                raise serializers.ValidationError("a tool call's arguments are a JSON object in a string") from exc
+            if not isinstance(arguments, dict):
+                raise serializers.ValidationError("a tool call's arguments are a JSON object in a string")
+        return calls
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["role"] == "tool" and not attrs.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": "a tool message names the call it answers"})
+        if attrs.get("content") is None and not attrs.get("tool_calls"):
+            raise serializers.ValidationError({"content": "send the message's text"})
+        attrs["content"] = attrs.get("content") or ""
+        return attrs
 
     def validate_content(self, value: Any) -> str:
+        if value is None:
+            return ""
         if isinstance(value, str):
             text = value
         elif isinstance(value, list) and all(isinstance(part, dict) for part in value):
@@ -254,6 +291,33 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     seed = serializers.IntegerField(required=False, allow_null=True)
     presence_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
     frequency_penalty = serializers.FloatField(required=False, allow_null=True, min_value=-2, max_value=2)
+    tools = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        max_length=MAX_TOOLS,
+        help_text="Your functions (OpenAI function calling): the model may answer with tool_calls for you to run.",
+    )
+    tool_choice = serializers.JSONField(
+        required=False, allow_null=True, help_text='"auto", "none", "required" or a function.'
+    )
+
+    def validate_tools(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for tool in tools:
+            function = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(function, dict):
+                raise serializers.ValidationError("each tool is {'type': 'function', 'function': {'name', ...}}")
+            if not FUNCTION_NAME.match(str(function.get("name", ""))):
+                raise serializers.ValidationError("a function's name is 1-64 letters, digits, _ or -")
+            if not isinstance(function.get("parameters", {}), dict):
+                raise serializers.ValidationError("a function's parameters are a JSON Schema object")
+        return tools
+
+    def validate_tool_choice(self, choice: Any) -> Any:
+        if choice is None or choice in ("auto", "none", "required"):
+            return choice
+        if isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
+            return choice
+        raise serializers.ValidationError('"auto", "none", "required" or {"type": "function", "function": {"name"}}')
 
     def validate_messages(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(value) > MAX_MESSAGES:
@@ -265,7 +329,11 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         unsupported = sorted(sent & UNSUPPORTED_FIELDS)
         if unsupported:
             raise serializers.ValidationError(
-                {unsupported[0]: "assistants answer from their knowledge bases; tools and functions are not supported"}
+                {
+                    unsupported[
+                        0
+                    ]: "not supported: send functions as `tools` (and `tool_choice`), as OpenAI's API now does"
+                }
             )
         unknown = sorted(sent - set(self.fields) - IGNORED_FIELDS - UNSUPPORTED_FIELDS)
         if unknown:
@@ -276,8 +344,13 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
             or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
         ):
             raise serializers.ValidationError({"stop": "a string or a list of at most 4 strings"})
-        if attrs["messages"][-1]["role"] != "user":
-            raise serializers.ValidationError({"messages": "the last message must be the user's question"})
+        last = attrs["messages"][-1]["role"]
+        if last != "user" and not (last == "tool" and attrs.get("tools")):
+            raise serializers.ValidationError(
+                {"messages": "the last message must be the user's question (or, with `tools`, a tool result)"}
+            )
+        if not any(message["role"] == "user" for message in attrs["messages"]):
+            raise serializers.ValidationError({"messages": "send the user's question"})
         return attrs
 
 
@@ -298,6 +371,10 @@ def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> 
     assistant = _assistant_named(api_key.team, data["model"])
     _require_member(user, api_key)
     messages = data["messages"]
+    last_user = max(index for index, message in enumerate(messages) if message["role"] == "user")
+    # After the question: the model's calls of the client's functions and their results.
+    calls_and_results = _function_messages(messages[last_user + 1 :])
+    messages = messages[: last_user + 1]
     extra_system = "\n\n".join(m["content"] for m in messages if m["role"] in ("system", "developer"))
     turns = [Turn(role=m["role"], content=m["content"]) for m in messages if m["role"] in ("user", "assistant")]
     question, earlier = turns[-1], turns[:-1]
@@ -313,10 +390,39 @@ def completion_prepare(*, user: User, api_key: ApiKey, data: dict[str, Any]) -> 
         extra_system=extra_system,
         max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
     )
+    if data.get("tools"):
+        # The client's functions only: the assistant's own tools are not mixed into its loop.
+        plan.tools, plan.client_tools, plan.tool_choice = [], data["tools"], data.get("tool_choice")
+        plan.canned_answer = None
+    plan.prompt.extend(calls_and_results)
     model_kwargs = {field: data[field] for field in SAMPLING_FIELDS if data.get(field) is not None}
     model_kwargs["max_tokens"] = plan.max_tokens
     include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
     return Completion(plan=plan, model_name=assistant.name, model_kwargs=model_kwargs, include_usage=include_usage)
+
+
+def _function_messages(messages: list[dict[str, Any]]) -> list[BaseMessage]:
+    """A client's function calls and results as the model reads them."""
+    converted: list[BaseMessage] = []
+    for message in messages:
+        if message["role"] == "tool":
+            converted.append(ToolMessage(content=message["content"], tool_call_id=message["tool_call_id"]))
+        elif message["role"] == "assistant":
+            calls = [
+                {"id": call["id"], "name": call["function"]["name"],
+                 "args": json.loads(call["function"].get("arguments") or "{}")}
+                for call in message.get("tool_calls", [])
+            ]  # fmt: skip
+            converted.append(AIMessage(content=message["content"], tool_calls=calls))
+    return converted
+
+
+def _openai_tool_calls(calls: list[dict[str, Any]], *, streamed: bool = False) -> list[dict[str, Any]]:
+    return [
+        {**({"index": index} if streamed else {}), "id": call["id"], "type": "function",
+         "function": {"name": call["name"], "arguments": call["arguments"]}}
+        for index, call in enumerate(calls)
+    ]  # fmt: skip
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -338,7 +444,15 @@ def completion_answer(completion: Completion) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": outcome.content},
+                "message": {
+                    "role": "assistant",
+                    "content": outcome.content or (None if outcome.requested_tool_calls else ""),
+                    **(
+                        {"tool_calls": _openai_tool_calls(outcome.requested_tool_calls)}
+                        if outcome.requested_tool_calls
+                        else {}
+                    ),
+                },
                 "finish_reason": outcome.finish_reason,
             }
         ],
@@ -454,6 +568,8 @@ class CompletionStream:
                     yield self.chunk({"role": "assistant", "content": ""}, sources=event.data["sources"])
                 elif event.kind == "token":
                     yield self.chunk({"content": event.data["text"]})
+                elif event.kind == "tool_calls_requested":
+                    yield self.chunk({"tool_calls": _openai_tool_calls(event.data["tool_calls"], streamed=True)})
                 elif event.kind == "error":  # OpenAI clients raise on an error chunk
                     failed = True
                     yield _sse(openai_error_body(503, event.data["message"], "model_unavailable"))

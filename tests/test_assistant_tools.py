@@ -230,3 +230,67 @@ def test_tool_specs_are_checked_and_their_secrets_are_never_shown(team, weather_
         response = client.post("/api/v1/assistants/", {"name": "Private", "llm": llm.pk, "tools": tools}, format="json")
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "unsafe_url"
+
+
+def test_v1_chat_completions_returns_tool_calls_for_the_clients_functions(
+    team, scripted_model, live_asgi_url: str
+) -> None:
+    """OpenAI function calling through /v1 with the official client: the model's calls come back for
+    the client to run (whole and streamed), and the client's results reach the model."""
+    from openai import BadRequestError, OpenAI
+
+    endpoint, model = scripted_model
+    user = member_of(team, Role.MEMBER)
+    provider = provider_create(team=team, name="scripted", kind="openai_compatible", endpoint=endpoint)
+    llm = registration_create(provider=provider, kind="llm", name="Scripted", provider_model_uid="scripted")
+    assistant_create(team=team, name="Agent", llm=llm)
+    # Any: the SDK's TypedDict parameters would make every literal below a cast.
+    client: Any = OpenAI(base_url=f"{live_asgi_url}/v1", api_key=api_key_create(user=user, team=team, name="sdk")[1])
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools = [
+        {"type": "function", "function": {"name": "get_time", "description": "The time", "parameters": parameters}}
+    ]
+    question = [{"role": "user", "content": "What time is it in Tokyo?"}]
+
+    model.replies[:] = [{"tool_calls": [{"name": "get_time", "arguments": {"city": "Tokyo"}}]}]
+    whole = client.chat.completions.create(model="Agent", messages=question, tools=tools, tool_choice="auto")
+    assert whole.choices[0].finish_reason == "tool_calls"
+    [call] = whole.choices[0].message.tool_calls or []
+    assert call.function.name == "get_time"
+    assert json.loads(call.function.arguments) == {"city": "Tokyo"}
+    sent = model.requests[-1]
+    assert sent["tools"][0]["function"]["name"] == "get_time"
+    assert sent["tool_choice"] == "auto"
+
+    model.replies[:] = [{"tool_calls": [{"name": "get_time", "arguments": {"city": "Tokyo"}}]}]
+    chunks = list(client.chat.completions.create(model="Agent", messages=question, tools=tools, stream=True))
+    streamed = [tool for chunk in chunks if chunk.choices for tool in chunk.choices[0].delta.tool_calls or []]
+    assert [tool.function.name for tool in streamed if tool.function] == ["get_time"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    model.replies[:] = ["It is 09:00 in Tokyo."]
+    followed = client.chat.completions.create(
+        model="Agent",
+        tools=tools,
+        messages=[
+            *question,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "09:00"},
+        ],
+    )
+    assert followed.choices[0].message.content == "It is 09:00 in Tokyo."
+    assert followed.choices[0].finish_reason == "stop"
+    last = model.requests[-1]["messages"]
+    assert last[-1] == {"role": "tool", "content": "09:00", "tool_call_id": call.id}
+    assert last[-2]["tool_calls"][0]["function"]["name"] == "get_time"
+
+    for bad in (
+        [{"type": "function", "function": {"name": "rm -rf"}}],
+        [{"type": "retrieval"}],
+    ):
+        with pytest.raises(BadRequestError):
+            client.chat.completions.create(model="Agent", messages=question, tools=bad)
+    with pytest.raises(BadRequestError):  # a tool result without tools to go with it
+        client.chat.completions.create(
+            model="Agent", messages=[*question, {"role": "tool", "tool_call_id": "x", "content": "1"}]
+        )

@@ -207,7 +207,7 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/v1/embeddings": {"model": world.embedding_name, "input": "hi"},
     }
     if method in ("get", "delete") or (
-        path not in bodies and re.search(r"/(launch|terminate|test|stop|rebuild|reindex|regenerate)/$", path)
+        path not in bodies and re.search(r"/(launch|terminate|test|stop|rebuild|reindex|regenerate|schema)/$", path)
     ):
         return None, "json"
     return bodies[path], "json"

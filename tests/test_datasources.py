@@ -289,6 +289,14 @@ def test_the_api_registers_introspects_queries_and_keeps_other_teams_out(
         == 400
     )
     assert member_client.patch(f"/api/v1/data-sources/{sqlite_id}/", {"name": "x"}, format="json").status_code == 403
+    # Members read the allowed tables only (the excluded one's rows are not theirs to see); only
+    # admins read the schema again from the database.
+    schema_url = f"/api/v1/data-sources/{sqlite_id}/schema/"
+    member_schema = member_client.get(schema_url).json()
+    assert [table["name"] for table in member_schema["tables"]] == ["customers", "orders"]
+    assert "secrets" in [table["name"] for table in client.get(schema_url).json()["tables"]]
+    assert member_client.post(schema_url).status_code == 403
+    assert client.post(schema_url).status_code == 200
     query = f"/api/v1/data-sources/{sqlite_id}/query/"
     answered = member_client.post(
         query, {"sql": "SELECT name FROM customers WHERE country = 'US' ORDER BY id"}, format="json"

@@ -1,4 +1,5 @@
-"""The web app: chat, team rooms, knowledge bases (web.kb_urls) and the account pages."""
+"""The web app: chat, team rooms, knowledge bases (web.kb_urls), data sources (web.datasource_urls)
+and the account pages."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -26,4 +27,5 @@ urlpatterns = [
     path("sources/<int:chunk_id>/", chat.chunk_page, name="chunk"),
     path("documents/<int:document_id>/file/", chat.document_file, name="document-file"),
     path("kb/", include("web.kb_urls")),
+    path("data/", include("web.datasource_urls")),
 ]
