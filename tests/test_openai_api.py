@@ -138,7 +138,13 @@ def test_bad_requests_answer_4xx_in_openais_error_shape(v1) -> None:
         (json.dumps({"model": "Plain", "messages": []}).encode(), 400),
         (json.dumps({"model": "Plain", "messages": "hi"}).encode(), 400),
         (json.dumps({"model": "Plain", "messages": [{"role": "user", "content": "x"}], "bogus": 1}).encode(), 400),
-        (json.dumps({"model": "Plain", "messages": [{"role": "user", "content": "x"}], "tools": []}).encode(), 400),
+        (json.dumps({"model": "Plain", "messages": [{"role": "user", "content": "x"}], "functions": []}).encode(), 400),
+        (
+            json.dumps(
+                {"model": "Plain", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "x"}]}
+            ).encode(),
+            400,
+        ),
         (json.dumps({"model": "Plain", "messages": [{"role": "user", "content": "x"}], "n": 3}).encode(), 400),
         (json.dumps({"model": "Plain", "messages": [{"role": "user", "content": {"a": 1}}]}).encode(), 400),
         (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404),
