@@ -5,6 +5,7 @@ live WebSocket."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,11 +61,18 @@ def citation_urls(message: Message) -> dict[int, str]:
     return {source["index"]: reverse("web:chunk", args=[source["chunk_id"]]) for source in message.citations}
 
 
+def _shown_tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A saved tool call as the page shows it: SQL with its table and chart, others with their arguments."""
+    if call.get("tool") == "sql":
+        return {**call, "chart": sql_result_chart(call["columns"], call["rows"])}
+    return {**call, "arguments_json": json.dumps(call.get("arguments", {}), ensure_ascii=False, indent=2)}
+
+
 def message_context(message: Message, eval_sets: Sequence[EvaluationSet] = ()) -> dict[str, Any]:
     """`eval_sets`: for a team admin's own page, the sets this answer may be added to once marked
     good (web.views.evaluation); a room's broadcast, rendered once for everyone, has none."""
     html = render_markdown(message.content, citation_urls(message)) if message.role == Message.Role.ASSISTANT else ""
-    tool_calls = [{**call, "chart": sql_result_chart(call["columns"], call["rows"])} for call in message.tool_calls]
+    tool_calls = [_shown_tool_call(call) for call in message.tool_calls]
     return {"message": message, "html": html, "eval_sets": eval_sets, "tool_calls": tool_calls}
 
 
