@@ -41,6 +41,10 @@ typecheck: $(VENV)/.dev
 /usr/bin/chromium:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The MySQL data-source tests start a MariaDB server of their own (tests/test_datasources.py).
+/usr/sbin/mariadbd:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server
+
 # On a fresh clone the Xinference environment (about 2.5 minutes, one core) installs in the
 # background while lint and mypy run on the other core; the tests that need it wait on its lock
 # (models_registry.embedded_xinference.ensure_venv).
@@ -48,7 +52,7 @@ xinference-venv-in-background: $(VENV)/.runtime
 	@mkdir -p var
 	$(PY) -m models_registry.embedded_xinference > var/xinference-venv-install.log 2>&1 &
 
-test: $(VENV)/.dev xinference-venv-in-background lint typecheck /usr/bin/chromium
+test: $(VENV)/.dev xinference-venv-in-background lint typecheck /usr/bin/chromium /usr/sbin/mariadbd
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 

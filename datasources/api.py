@@ -33,11 +33,14 @@ from restapi.viewsets import TeamScopedModelViewSet
 class DataSourceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     team = serializers.IntegerField(source="team_id", required=False, help_text="Defaults to your only team.")
     kind = serializers.ChoiceField(
-        choices=[*DataSourceKind.choices, ("mysql", "MySQL (not supported yet)")],
-        help_text="postgresql (send `dsn`) or sqlite (send the database as multipart `file`).",
+        choices=DataSourceKind.choices,
+        help_text="postgresql or mysql (send `dsn`), or sqlite (send the database as multipart `file`).",
     )
     dsn = serializers.CharField(
-        write_only=True, required=False, max_length=2000, help_text="postgresql://user:password@host:5432/dbname"
+        write_only=True,
+        required=False,
+        max_length=2000,
+        help_text="postgresql://user:password@host:5432/dbname or mysql://user:password@host:3306/dbname",
     )
     file = serializers.FileField(write_only=True, required=False, help_text="A SQLite database file.")
     dsn_display = serializers.SerializerMethodField(help_text="The DSN with its password hidden.")
@@ -62,15 +65,11 @@ class DataSourceSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         read_only_fields = ["created_at", "updated_at"]
 
     def get_dsn_display(self, source: DataSource) -> str:
-        if source.kind != DataSourceKind.POSTGRESQL or not source.dsn_encrypted:
+        if not source.has_dsn or not source.dsn_encrypted:
             return ""
         return dsn_without_password(credentials_decrypt(source.dsn_encrypted))
 
     def validate_kind(self, kind: str) -> str:
-        if kind == "mysql":
-            raise serializers.ValidationError(
-                "MySQL data sources are not supported yet: export to SQLite, or use PostgreSQL."
-            )
         if self.instance is not None and kind != self.instance.kind:
             raise serializers.ValidationError("A data source's kind cannot change: register a new one.")
         return kind

@@ -1,8 +1,9 @@
 """Reading a team's database: its schema, and the result of one checked query (datasources.sql_guard),
-for PostgreSQL (by DSN) and SQLite (an uploaded file).
+for PostgreSQL and MySQL/MariaDB (by DSN) and SQLite (an uploaded file).
 
 Every query runs under the second and third walls: a read-only transaction on a connection whose
-session defaults are read-only (PostgreSQL) or a read-only, query-only connection with an
+session defaults are read-only (PostgreSQL), a read-only session and transaction (MySQL), or a
+read-only, query-only connection with an
 authorizer that lets it read the allowed tables and nothing else (SQLite); a statement timeout;
 and a row cap (rows are fetched one batch past the cap, never the whole result).
 """
@@ -19,8 +20,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import psycopg
+import pymysql
+import pymysql.cursors
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -193,6 +197,135 @@ def postgres_run(target: PostgresTarget, statement: str, *, timeout_s: float, ro
             raise QueryFailed(timeout_message(timeout_s)) from exc
         except psycopg.Error as exc:
             raise QueryFailed(f"the database refused the query: {str(exc).strip().splitlines()[0]}") from exc
+    return _result(columns, fetched, row_cap)
+
+
+# --- MySQL and MariaDB ---------------------------------------------------------------------------
+
+MYSQL_SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+
+
+@dataclass(frozen=True)
+class MysqlTarget:
+    """A `mysql://user:password@host:3306/database` DSN that passed the checks, and the approved address."""
+
+    host: str
+    address: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+def mysql_target(dsn: str) -> MysqlTarget:
+    """Check a user's MySQL DSN: the URL form only, no query options (they could make the client
+    read local files), one TCP host that the SSRF guard allows."""
+    try:
+        parts = urlsplit(dsn.strip())
+        port = parts.port or 3306
+    except ValueError as exc:
+        raise DataSourceUnreachable(f"the DSN could not be read ({exc}): write mysql://user:pass@host:3306/db") from exc
+    if parts.scheme not in ("mysql", "mariadb") or not parts.hostname:
+        raise DataSourceUnreachable("write the DSN as mysql://user:pass@host:3306/database")
+    if parts.query and parse_qs(parts.query):
+        raise UnsafeUrl("a MySQL DSN takes no options (?...): only user, password, host, port and database")
+    database = unquote(parts.path.lstrip("/"))
+    if not database or "/" in database:
+        raise DataSourceUnreachable("the DSN names no database: add /database")
+    addresses = outbound_host_check(parts.hostname, port)
+    return MysqlTarget(
+        host=parts.hostname,
+        address=str(addresses[0]),
+        port=port,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=database,
+    )
+
+
+def _mysql_connect(target: MysqlTarget, *, timeout_s: float) -> pymysql.connections.Connection[Any]:
+    try:
+        connection = pymysql.connect(
+            host=target.address,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            database=target.database,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=int(timeout_s) + 5,  # a backstop: the server's own limit comes first
+            local_infile=False,
+            charset="utf8mb4",
+            autocommit=True,
+        )
+    except pymysql.Error as exc:
+        raise DataSourceUnreachable(
+            f"could not connect to {target.host}: {exc.args[-1] if exc.args else exc}; check the DSN and that the "
+            "server accepts us"
+        ) from exc
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT VERSION()")
+        version = str(cursor.fetchone()[0])
+        # MariaDB limits any statement in seconds; MySQL limits SELECTs in milliseconds.
+        if "mariadb" in version.lower():
+            cursor.execute("SET SESSION max_statement_time = %s", [timeout_s])
+        else:
+            cursor.execute("SET SESSION MAX_EXECUTION_TIME = %s", [int(timeout_s * 1000)])
+        cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    return connection
+
+
+def mysql_introspect(target: MysqlTarget, *, sample_rows: int, timeout_s: float) -> list[TableInfo]:
+    connection = _mysql_connect(target, timeout_s=timeout_s)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT table_name, column_name, column_type FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() ORDER BY table_name, ordinal_position"
+            )
+            tables: dict[str, list[Column]] = {}
+            for table, column, column_type in cursor.fetchall():
+                tables.setdefault(str(table), []).append(Column(name=str(column), type=str(column_type)))
+            infos = []
+            for table, columns in tables.items():
+                samples: list[list[Any]] = []
+                if sample_rows:
+                    quoted = "`" + table.replace("`", "``") + "`"
+                    try:
+                        # `quoted` is a name the server listed, quoted as an identifier.
+                        cursor.execute(f"SELECT * FROM {quoted} LIMIT %s", [sample_rows])  # noqa: S608
+                        samples = [[json_cell(cell) for cell in row] for row in cursor.fetchall()]
+                    except pymysql.Error:
+                        samples = []
+                infos.append(TableInfo(name=table.lower(), columns=columns, sample_rows=samples))
+            return infos
+    finally:
+        connection.close()
+
+
+def mysql_run(target: MysqlTarget, statement: str, *, timeout_s: float, row_cap: int) -> QueryResult:
+    connection = _mysql_connect(target, timeout_s=timeout_s)
+    cursor = connection.cursor(pymysql.cursors.SSCursor)
+    try:
+        # Unbuffered: rows stream from the server, never more than the cap plus one are read. The
+        # cursor is not closed (that would read the rest): closing the connection drops it.
+        cursor.execute("START TRANSACTION READ ONLY")
+        cursor.execute(statement)
+        fetched = cursor.fetchmany(row_cap + 1)
+        columns = [column[0] for column in cursor.description or []]
+    except pymysql.err.OperationalError as exc:
+        code = exc.args[0] if exc.args else 0
+        if code in (1969, 3024, 2013):  # MariaDB's and MySQL's time limit, the read backstop
+            raise QueryFailed(timeout_message(timeout_s)) from exc
+        raise QueryFailed(f"the database refused the query: {exc.args[-1] if exc.args else exc}") from exc
+    except pymysql.Error as exc:
+        raise QueryFailed(f"the database refused the query: {exc.args[-1] if exc.args else exc}") from exc
+    finally:
+        # pymysql reads the rest of an unbuffered result when the result is collected; there is
+        # nothing to read once the connection is closed, so it is told so (a private flag).
+        result = getattr(cursor, "_result", None)
+        if result is not None:
+            result.unbuffered_active = False
+        connection.close()
     return _result(columns, fetched, row_cap)
 
 

@@ -10,6 +10,7 @@ from accounts.models import Team
 
 class DataSourceKind(models.TextChoices):
     POSTGRESQL = "postgresql", "PostgreSQL (by DSN)"
+    MYSQL = "mysql", "MySQL or MariaDB (by DSN)"
     SQLITE = "sqlite", "SQLite (an uploaded file)"
 
 
@@ -40,7 +41,12 @@ class DataSource(models.Model):
 
     @property
     def dialect(self) -> str:
-        return "postgres" if self.kind == DataSourceKind.POSTGRESQL else "sqlite"
+        dialects: dict[str, str] = {DataSourceKind.POSTGRESQL: "postgres", DataSourceKind.MYSQL: "mysql"}
+        return dialects.get(self.kind, "sqlite")
+
+    @property
+    def has_dsn(self) -> bool:
+        return self.kind in (DataSourceKind.POSTGRESQL, DataSourceKind.MYSQL)
 
     @property
     def default_schema(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.files import File
@@ -18,6 +19,9 @@ from core.sizes import format_bytes
 from datasources.connectors import (
     QueryResult,
     TableInfo,
+    mysql_introspect,
+    mysql_run,
+    mysql_target,
     postgres_introspect,
     postgres_run,
     postgres_target,
@@ -46,9 +50,11 @@ def _check_name_free(team: Team, name: str, data_source_id: int | None = None) -
 def _introspect(source: DataSource, *, dsn: str | None = None) -> list[TableInfo]:
     samples = settings.DATA_SOURCE_SAMPLE_ROWS if source.sample_rows_allowed else 0
     timeout_s = settings.DATA_SOURCE_STATEMENT_TIMEOUT_S
+    dsn = dsn if dsn is not None else credentials_decrypt(source.dsn_encrypted)
     if source.kind == DataSourceKind.POSTGRESQL:
-        target = postgres_target(dsn if dsn is not None else credentials_decrypt(source.dsn_encrypted))
-        return postgres_introspect(target, sample_rows=samples, timeout_s=timeout_s)
+        return postgres_introspect(postgres_target(dsn), sample_rows=samples, timeout_s=timeout_s)
+    if source.kind == DataSourceKind.MYSQL:
+        return mysql_introspect(mysql_target(dsn), sample_rows=samples, timeout_s=timeout_s)
     return sqlite_introspect(Path(source.sqlite_file.path), sample_rows=samples)
 
 
@@ -78,9 +84,9 @@ def data_source_create(
         sample_rows_allowed=sample_rows_allowed,
         created_by=created_by,
     )
-    if kind == DataSourceKind.POSTGRESQL:
+    if kind in (DataSourceKind.POSTGRESQL, DataSourceKind.MYSQL):
         if sqlite_file is not None or not dsn.strip():
-            raise DataSourceError("a PostgreSQL data source takes a `dsn` (and no file)")
+            raise DataSourceError(f"a {kind} data source takes a `dsn` (and no file)")
         tables = _introspect(source, dsn=dsn)
         source.dsn_encrypted = credentials_encrypt(dsn.strip())
     elif kind == DataSourceKind.SQLITE:
@@ -99,7 +105,7 @@ def data_source_create(
             source.sqlite_file.delete(save=False)
             raise
     else:
-        raise DataSourceError(f"the kind {kind!r} is not supported: use postgresql or sqlite")
+        raise DataSourceError(f"the kind {kind!r} is not supported: use postgresql, mysql or sqlite")
     source.tables = _tables_json(tables)
     source.allowed_tables = [table.name for table in tables]
     source.save()
@@ -160,6 +166,10 @@ def data_source_query(*, data_source: DataSource, sql: str, row_cap: int | None 
     if data_source.kind == DataSourceKind.POSTGRESQL:
         target = postgres_target(credentials_decrypt(data_source.dsn_encrypted))
         return postgres_run(target, checked.sql, timeout_s=timeout_s, row_cap=cap)
+    if data_source.kind == DataSourceKind.MYSQL:
+        return mysql_run(
+            mysql_target(credentials_decrypt(data_source.dsn_encrypted)), checked.sql, timeout_s=timeout_s, row_cap=cap
+        )
     return sqlite_run(
         Path(data_source.sqlite_file.path),
         checked.sql,
@@ -179,6 +189,12 @@ def data_source_delete(*, data_source: DataSource) -> None:
 
 def dsn_without_password(dsn: str) -> str:
     """The DSN as the API shows it: the password replaced by ***."""
+    if dsn.startswith(("mysql://", "mariadb://")):
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     params = {key: str(value) for key, value in conninfo_to_dict(dsn).items() if value is not None}
     if params.get("password"):
         params["password"] = "***"  # noqa: S105 (the mask, not a password)

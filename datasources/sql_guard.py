@@ -62,6 +62,7 @@ REFUSED_NODES: tuple[type, ...] = (
     exp.Kill,
     exp.Declare,
     exp.Execute,
+    exp.SessionParameter,  # MySQL's @@variables: the server's settings are not the data
 )
 # Functions the parser knows that read files or other databases.
 REFUSED_FUNCTIONS: tuple[type[exp.Expression], ...] = (exp.ReadCSV, exp.ReadParquet)

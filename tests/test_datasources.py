@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sqlite3
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
@@ -29,7 +33,7 @@ from datasources.services import data_source_create, data_source_query, data_sou
 from datasources.sql_guard import SqlRefused
 from models_registry.services import provider_create, registration_create, registration_launch
 from realservices.offline_models import offline_models_on
-from realservices.xinference import XinferenceServer
+from realservices.xinference import XinferenceServer, free_port
 from tests.conftest import bearer_client, member_of
 from tests.model_stand_in import ScriptedModelStandIn, scripted_model_server
 
@@ -155,6 +159,76 @@ def sales_postgres(django_db_blocker: Any) -> Iterator[str]:
         forwarder.close()
 
 
+MARIADB = "/usr/sbin/mariadbd"  # Debian's mariadb-server, installed by `make test` (Makefile)
+MYSQL_HOSTILE = [
+    "SELECT * FROM orders INTO OUTFILE '/tmp/orders.txt'",
+    "SELECT LOAD_FILE('/etc/passwd')",
+    "SELECT SLEEP(30)",
+    "SELECT BENCHMARK(100000000, MD5('x'))",
+    "SELECT @@datadir",
+    "SELECT * FROM mysql.user",
+    "SELECT * FROM information_schema.tables",
+    "HANDLER orders OPEN",
+    "LOCK TABLES orders WRITE",
+    "SELECT GET_LOCK('x', 10)",
+    "SELECT * FROM orders LOCK IN SHARE MODE",
+]
+
+
+@pytest.fixture(scope="module")
+def mariadb_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A real MariaDB server of the test's own (a data directory in tmp, loopback TCP), with a
+    `sales` database filled like the others and a read-only user."""
+    base = tmp_path_factory.mktemp("mariadb")
+    datadir, socket_path = base / "data", str(base / "mysqld.sock")
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    subprocess.run(
+        ["mariadb-install-db", "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
+         "--auth-root-authentication-method=normal", *as_root],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [MARIADB, "--no-defaults", f"--datadir={datadir}", f"--socket={socket_path}", f"--port={port}",
+         "--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-buffer-pool-size=16M", *as_root],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin = pymysql.connect(unix_socket=socket_path, user="root", autocommit=True)
+                break
+            except pymysql.Error:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        with admin.cursor() as cursor:
+            cursor.execute("CREATE DATABASE sales")
+            cursor.execute("USE sales")
+            fill(cursor.execute)
+            cursor.execute("CREATE USER 'sales_reader'@'%' IDENTIFIED BY 'reader'")
+            cursor.execute("GRANT SELECT ON sales.* TO 'sales_reader'@'%'")
+        admin.close()
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def snapshot_mysql(port: int) -> list[Any]:
+    database = pymysql.connect(host="127.0.0.1", port=port, user="sales_reader", password="reader", database="sales")
+    try:
+        with database.cursor() as cursor:
+            cursor.execute("SELECT * FROM orders ORDER BY id")
+            orders = cursor.fetchall()
+            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'sales'")
+            tables = sorted(cursor.fetchall())
+        return [orders, tables]
+    finally:
+        database.close()
+
+
 def snapshot_postgres(dsn: str) -> list[Any]:
     with psycopg.connect(dsn) as database:
         return [
@@ -188,14 +262,18 @@ def sales_sources(team, sales_postgres: str, tmp_path: Path) -> tuple[DataSource
 
 
 def test_the_guard_refuses_every_hostile_statement_and_the_data_is_unchanged(
-    team, sales_postgres: str, tmp_path: Path, settings
+    team, sales_postgres: str, mariadb_port: int, tmp_path: Path, settings
 ) -> None:
     postgres, sqlite = sales_sources(team, sales_postgres, tmp_path)
+    mysql = data_source_create(
+        team=team, name="Sales MySQL", kind="mysql", dsn=f"mysql://sales_reader:reader@127.0.0.1:{mariadb_port}/sales"
+    )
+    data_source_update(data_source=mysql, allowed_tables=["customers", "orders"])
     sqlite_path = sqlite.sqlite_file.path
-    before = (snapshot_postgres(sales_postgres), snapshot_sqlite(sqlite_path))
+    before = (snapshot_postgres(sales_postgres), snapshot_sqlite(sqlite_path), snapshot_mysql(mariadb_port))
 
-    for source in (postgres, sqlite):
-        for statement in HOSTILE:
+    for source in (postgres, sqlite, mysql):
+        for statement in HOSTILE + MYSQL_HOSTILE:
             with pytest.raises((SqlRefused, QueryFailed)):
                 data_source_query(data_source=source, sql=statement)
         # What may run does, with the same answer on both.
@@ -206,15 +284,14 @@ def test_the_guard_refuses_every_hostile_statement_and_the_data_is_unchanged(
         )
         assert result.columns == ["country", "orders"]
         assert result.rows == [["DE", 66], ["US", 134]]
+    assert [table["name"] for table in mysql.tables] == ["customers", "orders", "secrets"]
 
     # The time limit and the row cap: a cross join far too big, and more rows than the cap.
     settings.DATA_SOURCE_STATEMENT_TIMEOUT_S = 1.0
     settings.DATA_SOURCE_ROW_CAP = 50
-    huge = {
-        postgres: "SELECT count(*) FROM orders a, orders b, orders c, orders d",
-        sqlite: "SELECT count(*) FROM orders a, orders b, orders c, orders d",
-    }
-    for source, statement in huge.items():
+    huge = "SELECT count(*) FROM orders a, orders b, orders c, orders d"
+    for source in (postgres, sqlite, mysql):
+        statement = huge
         with pytest.raises(QueryFailed, match="limit"):
             data_source_query(data_source=source, sql=statement)
         capped = data_source_query(data_source=source, sql="SELECT a.id FROM orders a, orders b")
@@ -223,7 +300,7 @@ def test_the_guard_refuses_every_hostile_statement_and_the_data_is_unchanged(
         whole = data_source_query(data_source=source, sql="SELECT id FROM customers")
         assert (whole.row_count, whole.truncated) == (3, False)
 
-    assert (snapshot_postgres(sales_postgres), snapshot_sqlite(sqlite_path)) == before
+    assert (snapshot_postgres(sales_postgres), snapshot_sqlite(sqlite_path), snapshot_mysql(mariadb_port)) == before
 
 
 def test_the_api_registers_introspects_queries_and_keeps_other_teams_out(
@@ -252,7 +329,7 @@ def test_the_api_registers_introspects_queries_and_keeps_other_teams_out(
 
     # Bad input, each a 400 that says what to do.
     refusals = {
-        "mysql": {"name": "M", "kind": "mysql", "dsn": "mysql://u:p@db.example.com/x"},
+        "an unresolvable host": {"name": "M", "kind": "mysql", "dsn": "mysql://u:p@db.invalid/x"},
         "socket": {"name": "S", "kind": "postgresql", "dsn": "host=/var/run/postgresql dbname=x user=u"},
         "passfile": {"name": "P", "kind": "postgresql", "dsn": f"{sales_postgres}?sslkey=/etc/ssl/private/key.pem"},
         "no dsn": {"name": "N", "kind": "postgresql"},

@@ -44,6 +44,7 @@ SQL_MAX_CHARS = 20_000  # as the API's QueryInputSerializer
 KIND_LABELS: dict[str, Promise] = {
     DataSourceKind.SQLITE: gettext_lazy("SQLite (upload the database file)"),
     DataSourceKind.POSTGRESQL: gettext_lazy("PostgreSQL (connect by DSN)"),
+    DataSourceKind.MYSQL: gettext_lazy("MySQL or MariaDB (connect by DSN)"),
 }
 
 
@@ -67,7 +68,7 @@ class DataSourceForm(forms.Form):
         required=False,
         max_length=2000,
         widget=forms.TextInput(
-            attrs={"placeholder": "postgresql://user:password@host:5432/dbname", "autocomplete": "off"}
+            attrs={"placeholder": "postgresql://user:password@host:5432/dbname (or mysql://...)", "autocomplete": "off"}
         ),
     )
     sample_rows_allowed = forms.BooleanField(
@@ -81,7 +82,7 @@ class DataSourceForm(forms.Form):
         kind = data.get("kind")
         if kind == DataSourceKind.SQLITE and not data.get("file"):
             self.add_error("file", _("Choose the SQLite database file to upload."))
-        if kind == DataSourceKind.POSTGRESQL and not (data.get("dsn") or "").strip():
+        if kind in (DataSourceKind.POSTGRESQL, DataSourceKind.MYSQL) and not (data.get("dsn") or "").strip():
             self.add_error("dsn", _("Write the database's DSN."))
         return data
 
@@ -175,15 +176,15 @@ def data_source_create_view(request: HttpRequest) -> HttpResponse:
     form = DataSourceForm(request.POST, request.FILES)
     if form.is_valid():
         data = form.cleaned_data
-        postgres = data["kind"] == DataSourceKind.POSTGRESQL
+        by_dsn = data["kind"] != DataSourceKind.SQLITE
         try:
             source = data_source_create(
                 team=team,
                 name=data["name"].strip(),
                 kind=data["kind"],
                 # Only the field of the chosen kind: the other may still hold what was typed first.
-                dsn=data["dsn"].strip() if postgres else "",
-                sqlite_file=None if postgres else data["file"],
+                dsn=data["dsn"].strip() if by_dsn else "",
+                sqlite_file=None if by_dsn else data["file"],
                 description=data["description"],
                 sample_rows_allowed=data["sample_rows_allowed"],
                 created_by=_user(request),
@@ -211,7 +212,7 @@ def data_source_for(request: HttpRequest, pk: int, *, switch_team: bool = False)
 
 
 def _dsn_display(source: DataSource) -> str:
-    if source.kind != DataSourceKind.POSTGRESQL or not source.dsn_encrypted:
+    if not source.has_dsn or not source.dsn_encrypted:
         return ""
     return dsn_without_password(credentials_decrypt(source.dsn_encrypted))
 
