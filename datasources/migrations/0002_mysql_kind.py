@@ -4,15 +4,21 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('datasources', '0001_initial'),
+        ("datasources", "0001_initial"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='datasource',
-            name='kind',
-            field=models.CharField(choices=[('postgresql', 'PostgreSQL (by DSN)'), ('mysql', 'MySQL or MariaDB (by DSN)'), ('sqlite', 'SQLite (an uploaded file)')], max_length=12),
+            model_name="datasource",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("postgresql", "PostgreSQL (by DSN)"),
+                    ("mysql", "MySQL or MariaDB (by DSN)"),
+                    ("sqlite", "SQLite (an uploaded file)"),
+                ],
+                max_length=12,
+            ),
         ),
     ]
