@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
 
 from chat.models import Assistant, Conversation, Message
+from chat.tools import tool_specs_shown
 
 
 @admin.register(Assistant)
@@ -13,7 +15,14 @@ class AssistantAdmin(admin.ModelAdmin):
     list_display = ["name", "team", "llm", "retrieval_mode", "top_k", "created_at"]
     list_filter = ["team", "retrieval_mode", "llm"]
     search_fields = ["name", "system_prompt", "team__name"]
-    filter_horizontal = ["knowledge_bases"]
+    filter_horizontal = ["knowledge_bases", "data_sources"]
+    # Tools are changed through the API, whose service checks them and encrypts their secrets.
+    exclude = ["tools"]
+    readonly_fields = ["tools_shown"]
+
+    @admin.display(description="tools (change them through the API)")
+    def tools_shown(self, assistant: Assistant) -> str:
+        return json.dumps(tool_specs_shown(assistant.tools), ensure_ascii=False, indent=1)
 
 
 class MessageInline(admin.TabularInline):
