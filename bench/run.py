@@ -1,7 +1,8 @@
 """`make bench`: ingestion, retrieval quality and search latency on the embedded stack with the
 offline embedding model, side by side in one run with the plain LangChain pipeline (loaders,
 RecursiveCharacterTextSplitter (1000, 200), the same model in process, FAISS); then chat time to
-first token against a direct model call. Writes bench/results/<date>-<machine>.md.
+first token against a direct model call; then text-to-SQL accuracy (bench/sql_bench.py). Writes
+bench/results/<date>-<machine>.md.
 
 Corpus: every page the question sets of bench/questions need, one knowledge base per language:
 Debian's python3.11-doc (English, all of html/library/*.html) and debian-reference-zh-cn (Chinese,
@@ -12,8 +13,16 @@ creates the knowledge bases, uploads the pages, and measures quality through the
 
 Environment: BENCH_LANGS (en,zh: the languages, the first one also serving the latency and chat
 sections); BENCH_QUALITY_ONLY=1 (ingestion and quality only: no embedding floor, chat or search
-latency); BENCH_CHAT_SAMPLES (20) and BENCH_STREAMS (50) for a smaller smoke run; BENCH_SIZES
-(padded chunk counts); BENCH_REPORT (the report's file name, without .md)."""
+latency, text-to-SQL); BENCH_CHAT_SAMPLES (20) and BENCH_STREAMS (50) for a smaller smoke run;
+BENCH_SIZES (padded chunk counts); BENCH_REPORT (the report's file name, without .md).
+
+Text-to-SQL: BENCH_SQL_ONLY=1 runs that section alone (no corpus, no embedding model), into a report
+of its own (<date>-<machine>-text-to-sql.md unless BENCH_REPORT says otherwise); BENCH_SQL_MODELS
+(default `smollm2`, the offline model) is a comma-separated list of models to ask, each `smollm2`
+or `<model>@<base URL>` of an OpenAI-compatible server (vLLM, Ollama, llama.cpp, a GPU machine's
+Xinference; BENCH_SQL_API_KEY is its key); BENCH_SQL_QUESTIONS=N asks only the first N questions of
+each language (a smoke run). A server outside loopback must be in OUTBOUND_ALLOWED_NETWORKS, as
+for any provider."""
 
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ from quality import (
     render_quality,
     score_plain,
 )
+from sql_bench import model_specs, served_model, sql_section
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 BENCH_DIR = BASE_DIR / "var" / "bench"
@@ -55,6 +65,10 @@ sys.path.insert(0, str(BASE_DIR))
 
 LANGS = [code.strip() for code in os.environ.get("BENCH_LANGS", "en,zh").split(",") if code.strip()]
 QUALITY_ONLY = os.environ.get("BENCH_QUALITY_ONLY", "") == "1"
+SQL_ONLY = os.environ.get("BENCH_SQL_ONLY", "") == "1"
+SQL_MODELS = model_specs(os.environ.get("BENCH_SQL_MODELS", "smollm2"))
+# The first N questions of each language only, for a smoke run (default: all).
+SQL_QUESTIONS = int(os.environ["BENCH_SQL_QUESTIONS"]) if os.environ.get("BENCH_SQL_QUESTIONS") else None
 # Chunk counts the search-latency rows are padded to (BENCH_SIZES, comma-separated).
 SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "10000,100000").split(",") if size]
 QUERIES = 50
@@ -335,7 +349,82 @@ def plain_pipeline(
     return dict(json.loads(output))
 
 
+def sql_models(team, name: str, offline_llm) -> list[tuple[str, Any]]:  # type: ignore[no-untyped-def]
+    """BENCH_SQL_MODELS as (label, registration): the offline SmolLM2, launched by the caller, or
+    a served model registered on the team here."""
+    models = []
+    for number, spec in enumerate(SQL_MODELS):
+        if not spec.endpoint:
+            models.append((spec.label, offline_llm))
+            continue
+        api_key = os.environ.get("BENCH_SQL_API_KEY", "")
+        models.append((spec.label, served_model(team=team, spec=spec, name=f"{name}-sql-{number}", api_key=api_key)))
+    return models
+
+
+def sql_only() -> None:
+    """BENCH_SQL_ONLY=1: the text-to-SQL section alone, in a report of its own. Xinference (with
+    SmolLM2 alone) starts only when BENCH_SQL_MODELS names the offline model."""
+    team, admin = platform_setup()
+    from models_registry.services import registration_launch
+    from realservices.offline_models import offline_models_on
+    from realservices.xinference import XinferenceServer
+
+    load_before = os.getloadavg()[1]
+    source = source_state()
+    name = f"bench-{time.time():.0f}"
+    server = None
+    started = time.perf_counter()
+    try:
+        offline = None
+        if any(not spec.endpoint for spec in SQL_MODELS):
+            server = XinferenceServer(home=BENCH_DIR / "xinference-home")
+            log("starting Xinference and SmolLM2")
+            server.start()
+            llm, _embedding = offline_models_on(team, server.endpoint, provider_name=name)
+            offline = registration_launch(registration=llm)
+        section = sql_section(
+            team=team,
+            user=admin,
+            models=sql_models(team, name, offline),
+            workdir=BENCH_DIR / "text-to-sql",
+            log=log,
+            per_language=SQL_QUESTIONS,
+        )
+    finally:
+        if server is not None:
+            server.stop()
+    minutes = (time.perf_counter() - started) / 60
+    cpu = platform.processor() or platform.machine()
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+    models = os.environ.get("BENCH_SQL_MODELS", "")
+    knobs = "BENCH_SQL_ONLY=1" + (f" BENCH_SQL_MODELS={models}" if models else "")
+    knobs += f" BENCH_SQL_QUESTIONS={SQL_QUESTIONS}" if SQL_QUESTIONS is not None else ""
+    header = "\n".join(
+        [
+            f"# Text-to-SQL benchmark {date.today().isoformat()}",
+            "",
+            f"Machine (the bench, the platform and the offline model): {os.cpu_count()} cores ({cpu}), "
+            f"{memory_gib} GiB, Python {platform.python_version()}. Reproduce: `{knobs} .venv/bin/python "
+            f"bench/run.py` (`make bench` runs this section after the others). Source: {source}. "
+            f"The whole run took {minutes:.1f} min.",
+            "",
+            f"Load average (5 min) before the run {load_before:.1f}, after it {os.getloadavg()[1]:.1f}, on "
+            f"{os.cpu_count()} cores.",
+            "",
+            "",
+        ]
+    )
+    out = report_path("-text-to-sql")
+    out.write_text(header + section)
+    print(header + section)
+    log(f"report written to {out.relative_to(BASE_DIR)}")
+
+
 def main() -> None:
+    if SQL_ONLY:
+        sql_only()
+        return
     team, admin = platform_setup()
     import numpy as np
     from django.conf import settings
@@ -362,6 +451,7 @@ def main() -> None:
     web = None
     floors: dict[str, float] = {}
     chat = None
+    sql_report = ""
     latency: dict[int, dict[str, list[float]]] = {}
     recall: dict[int, float | None] = {}
     try:
@@ -417,6 +507,15 @@ def main() -> None:
             log(f"chat: time to first token, platform versus a direct model call; then {CONCURRENT_STREAMS} streams")
             llm = registration_launch(registration=llm)
             chat = chat_latency(team, primary, llm, query_texts)
+            log("text-to-SQL: the sample database's questions through the platform's SQL path")
+            sql_report = sql_section(
+                team=team,
+                user=admin,
+                models=sql_models(team, name, llm),
+                workdir=BENCH_DIR / "text-to-sql",
+                log=log,
+                per_language=SQL_QUESTIONS,
+            )
 
             log(f"{LANGS[0]}: search latency at the corpus size, then padded to {SIZES}")
             rng = np.random.default_rng(7)
@@ -462,6 +561,8 @@ def main() -> None:
     )
     if chat is not None:
         report += render_chat(chat)
+    if sql_report:
+        report += "\n" + sql_report
     report += render_memory(memory)
     out = report_path("")
     out.write_text(report)
