@@ -45,6 +45,11 @@ typecheck: $(VENV)/.dev
 /usr/sbin/mariadbd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server
 
+# The OCR tests and bench render Chinese and English text into images (tests/test_kb_ocr.py,
+# bench/ocr_bench.py): a font with Chinese glyphs, Debian's smallest (1.6 MB).
+/usr/share/fonts/truetype/wqy/wqy-microhei.ttc:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei
+
 # On a fresh clone the Xinference environment (about 2.5 minutes, one core) installs in the
 # background while lint and mypy run on the other core; the tests that need it wait on its lock
 # (models_registry.embedded_xinference.ensure_venv).
@@ -52,7 +57,8 @@ xinference-venv-in-background: $(VENV)/.runtime
 	@mkdir -p var
 	$(PY) -m models_registry.embedded_xinference > var/xinference-venv-install.log 2>&1 &
 
-test: $(VENV)/.dev xinference-venv-in-background lint typecheck /usr/bin/chromium /usr/sbin/mariadbd
+test: $(VENV)/.dev xinference-venv-in-background lint typecheck /usr/bin/chromium /usr/sbin/mariadbd \
+		/usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 

@@ -356,6 +356,13 @@ EVALUATION_IMPORT_SHARE = env.float("EVALUATION_IMPORT_SHARE", default=0.2)
 # Vector search over at most this many chunks is exact (kb.retrieval): the shared HNSW index
 # loses recall on a filter to a few knowledge bases, and scanning a few thousand rows is cheap.
 KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000)
+# OCR (kb.ocr) of scanned PDF pages and images: at most this many pages of a document (the rest are
+# named on the document: about 3 to 8 s a page on 2 cores, so 200 pages fit the task time limit),
+# images up to this many pixels (scaled down before OCR; larger ones are refused from their header,
+# before they are decoded), and this long for one page before it is skipped.
+KB_OCR_MAX_PAGES = env.int("KB_OCR_MAX_PAGES", default=200)
+KB_OCR_MAX_PIXELS = env.int("KB_OCR_MAX_PIXELS", default=100_000_000)
+KB_OCR_PAGE_TIMEOUT_S = env.float("KB_OCR_PAGE_TIMEOUT_S", default=120.0)
 
 # --- data sources (datasources) -------------------------------------------------------------
 

@@ -92,13 +92,16 @@ def progress(document: Document, *, status: str, percent: int) -> None:
     held(document).update(status=status, progress=percent, lease_expires_at=lease_until(), updated_at=timezone.now())
 
 
-def release_ready(document: Document, *, generation: int, chunk_count: int, timings: dict[str, float]) -> bool:
-    """Ready, if this worker still holds it; False when another worker took the document over."""
+def release_ready(
+    document: Document, *, generation: int, chunk_count: int, timings: dict[str, float], notice: str = ""
+) -> bool:
+    """Ready, if this worker still holds it; False when another worker took the document over.
+    `notice` (what was left out, such as pages past KB_OCR_MAX_PAGES) stays in `error`."""
     return bool(
         held(document).update(
             status=DocumentStatus.READY,
             progress=100,
-            error="",
+            error=notice,
             chunk_count=chunk_count,
             built_generation=generation,
             stage_timings=timings,

@@ -22,7 +22,7 @@ from integrations.services import webhook_emit
 from kb import dispatch, fulltext
 from kb.embedding_batches import embedding_batches, embedding_lengths
 from kb.models import Document, DocumentStatus, KnowledgeBase, VectorIndex
-from kb.parsing import ParseError, UnsupportedFile, parse
+from kb.parsing import ParseError, ParseReport, UnsupportedFile, parse
 from kb.services import kb_finish_rebuild_if_done, kb_index_vectors_if_large
 from kb.splitting import ChunkDraft, SplitterUnavailable, split_sections, tokenizer_path_for
 from models_registry.credentials import CredentialsUnreadable
@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 RETRY_BASE_S = 10
 RETRY_MAX_S = 300
+# Progress: parsing ends at 10% and splitting at 20%, embedding takes the rest up to 95%; a
+# document read by OCR spends most of its time there, so its pages move the bar up to 60% first.
+PARSED_PERCENT = 10
+OCR_PARSED_PERCENT = 60
 
 
 class TransientIngestError(Exception):
@@ -109,9 +113,11 @@ def document_ingest(*, document: Document) -> None:
     timings: dict[str, float] = {}
     try:
         started = time.perf_counter()
-        sections = parse(Path(document.file.path), document.content_type, document.original_name)
+        report = ParseReport(progress=lambda done, total: _parse_progress(document, done, total))
+        sections = parse(Path(document.file.path), document.content_type, document.original_name, report)
         timings["parse_s"] = round(time.perf_counter() - started, 3)
-        dispatch.progress(document, status=DocumentStatus.PARSING, percent=10)
+        parsed = max(PARSED_PERCENT, document.progress)  # OCR'd pages took it to OCR_PARSED_PERCENT
+        dispatch.progress(document, status=DocumentStatus.PARSING, percent=parsed)
 
         started = time.perf_counter()
         drafts = split_sections(
@@ -123,10 +129,10 @@ def document_ingest(*, document: Document) -> None:
             headers=build.chunk_headers,
         )
         timings["split_s"] = round(time.perf_counter() - started, 3)
-        dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=20)
+        dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=parsed + 10)
 
         started = time.perf_counter()
-        vectors = _embed(document, model, drafts)
+        vectors = _embed(document, model, drafts, start_percent=parsed + 10)
         timings["embed_s"] = round(time.perf_counter() - started, 3)
 
         started = time.perf_counter()
@@ -148,13 +154,29 @@ def document_ingest(*, document: Document) -> None:
         else:
             reason = f"the embedding model {model.name} is not answering: {exc}"
         raise TransientIngestError(reason) from exc
-    document_mark_ready(document=document, generation=generation, chunk_count=len(drafts), timings=timings)
+    document_mark_ready(
+        document=document,
+        generation=generation,
+        chunk_count=len(drafts),
+        timings=timings,
+        notice="; ".join(report.notices),
+    )
 
 
-def document_mark_ready(*, document: Document, generation: int, chunk_count: int, timings: dict[str, float]) -> bool:
+def _parse_progress(document: Document, done: int, total: int) -> None:
+    """Pages read by OCR move the bar from 0 to OCR_PARSED_PERCENT, page by page."""
+    dispatch.progress(document, status=DocumentStatus.PARSING, percent=OCR_PARSED_PERCENT * done // max(total, 1))
+
+
+def document_mark_ready(
+    *, document: Document, generation: int, chunk_count: int, timings: dict[str, float], notice: str = ""
+) -> bool:
     """The end of a successful ingestion (for the worker that still holds the document): ready,
-    and a `document.ready` webhook event. False when another worker took the document over."""
-    marked = dispatch.release_ready(document, generation=generation, chunk_count=chunk_count, timings=timings)
+    and a `document.ready` webhook event. False when another worker took the document over.
+    `notice`: what was left out (pages past KB_OCR_MAX_PAGES), kept in the document's `error`."""
+    marked = dispatch.release_ready(
+        document, generation=generation, chunk_count=chunk_count, timings=timings, notice=notice[:4000]
+    )
     if marked:
         _document_event(document, WebhookEvent.DOCUMENT_READY, chunk_count=chunk_count, error="")
     kb_finish_rebuild_if_done(kb_id=document.knowledge_base_id)
@@ -192,14 +214,16 @@ def _is_permanent(exc: Exception) -> bool:
     return isinstance(exc, ProviderRefused) and exc.status_code in (401, 403)
 
 
-def _embed(document: Document, model: ModelRegistration, drafts: list[ChunkDraft]) -> list[list[float]]:
+def _embed(
+    document: Document, model: ModelRegistration, drafts: list[ChunkDraft], *, start_percent: int
+) -> list[list[float]]:
     embeddings = embeddings_for(model)
     texts = [draft.text for draft in drafts]
     by_position: dict[int, list[float]] = {}
     for batch in embedding_batches(embedding_lengths(texts, model.custom_spec), settings.KB_EMBED_BATCH):
         answered = embeddings.embed_documents([texts[index] for index in batch])
         by_position.update(zip(batch, answered, strict=True))
-        progress = 20 + int(75 * len(by_position) / max(len(drafts), 1))
+        progress = start_percent + int((95 - start_percent) * len(by_position) / max(len(drafts), 1))
         dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=progress)
     vectors = [by_position[index] for index in range(len(texts))]
     if vectors and len(vectors[0]) != model.dimensions:

@@ -13,15 +13,21 @@ import io
 import json
 import posixpath
 import re
+import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from core.domain_errors import DomainError
+from kb.tables import MAX_SPAN, markdown_table, span, table_cell
+
+if TYPE_CHECKING:
+    from docx.table import Table as DocxTable
+    from pptx.table import Table as PptxTable
 
 SNIFF_BYTES = 8192
 CHUNK_BYTES = 1024 * 1024
@@ -45,11 +51,29 @@ class Section:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class ParseReport:
+    """What a parser tells its caller besides the sections: progress through the pages it reads
+    slowly (OCR), as (done, total), and notices of what it left out (pages past a limit)."""
+
+    progress: Callable[[int, int], None] = _no_progress
+    notices: list[str] = field(default_factory=list)
+
+
 # --- detection --------------------------------------------------------------------------------
 
-BINARY_SIGNATURES = {
-    b"\x89PNG": "a PNG image",
+# Images are read by OCR (kb.ocr); Pillow confirms what the signature says.
+IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
     b"\xff\xd8\xff": "a JPEG image",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+}
+BINARY_SIGNATURES = {
     b"GIF8": "a GIF image",
     b"\x7fELF": "an executable",
     b"MZ": "a Windows executable",
@@ -62,8 +86,9 @@ TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".ts
 
 
 def detect_type(path: Path, original_name: str) -> str:
-    """One of pdf, docx, pptx, xlsx, epub, zip, html, markdown, csv, json, jsonl, eml, text.
-    The content decides; the name only tells text formats apart (markdown, csv) that read alike."""
+    """One of pdf, docx, pptx, xlsx, epub, zip, html, markdown, csv, json, jsonl, eml, text, image
+    (PNG, JPEG, TIFF, WebP). The content decides; the name only tells text formats apart
+    (markdown, csv) that read alike."""
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
     if not head:
@@ -72,11 +97,36 @@ def detect_type(path: Path, original_name: str) -> str:
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path, original_name)
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return _image_kind(path, original_name, "a WebP image")
+    for signature, what in IMAGE_SIGNATURES.items():
+        if head.startswith(signature):
+            return _image_kind(path, original_name, what)
     for signature, what in BINARY_SIGNATURES.items():
         if head.startswith(signature):
             raise UnsupportedFile(f"{original_name} is {what}, not a document the platform reads")
     text = decode_text(head, original_name, partial=True)
     return _text_kind(text, original_name, path)
+
+
+def _image_kind(path: Path, original_name: str, what: str) -> str:
+    """An image, once Pillow reads its header (nothing is decoded here). Its size is the worker's
+    to judge (KB_OCR_MAX_PIXELS, kb.ocr), so Pillow's decompression-bomb guard is no answer here."""
+    from PIL import Image, UnidentifiedImageError
+
+    from kb.ocr import IMAGE_FORMATS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS):
+                return "image"
+    except Image.DecompressionBombError:
+        return "image"
+    except UnidentifiedImageError as exc:  # its message names the server's path
+        raise UnsupportedFile(f"{original_name} looks like {what} but cannot be read: it is damaged") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnsupportedFile(f"{original_name} looks like {what} but cannot be read ({exc})") from exc
 
 
 EPUB_MIMETYPE = b"application/epub+zip"
@@ -268,21 +318,30 @@ def _looks_like_jsonl(text: str) -> bool:
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def parse(path: Path, kind: str, original_name: str) -> list[Section]:
+def parse(path: Path, kind: str, original_name: str, report: ParseReport | None = None) -> list[Section]:
+    """`report` hears the progress through pages read by OCR, and gets notices of what was left out."""
     parser = PARSERS.get(kind)
     if parser is None:
         raise UnsupportedFile(f"{original_name}: {kind} files are not parsed")
     if kind in PACKAGE_KINDS:
         check_package(path, original_name)
-    sections = [section for section in parser(path, original_name) if section.text.strip()]
+    report = report if report is not None else ParseReport()
+    reporting = REPORTING_PARSERS.get(kind)
+    found = reporting(path, original_name, report) if reporting else parser(path, original_name)
+    sections = [section for section in found if section.text.strip()]
     if not sections:
-        hint = " (a scanned PDF has no text layer; OCR is not supported)" if kind == "pdf" else ""
-        raise ParseError(f"{original_name} contains no text{hint}")
+        hint = {"pdf": " (no text layer, and none that OCR could read)", "image": " that OCR could read"}.get(kind, "")
+        left_out = f" ({'; '.join(report.notices)})" if report.notices else ""
+        raise ParseError(f"{original_name} contains no text{hint}{left_out}")
     return sections
 
 
-def parse_pdf(path: Path, original_name: str) -> Iterator[Section]:
+def parse_pdf(path: Path, original_name: str, report: ParseReport | None = None) -> Iterator[Section]:
+    """Page by page: the text layer, or for a page without one that shows an image (a scan), the
+    text OCR reads in it (kb.ocr), so a mixed document OCRs only the pages that need it."""
     import pypdfium2
+
+    from kb import ocr
 
     try:
         pdf = pypdfium2.PdfDocument(path)
@@ -290,21 +349,35 @@ def parse_pdf(path: Path, original_name: str) -> Iterator[Section]:
         if "password" in str(exc).lower():
             raise ParseError(f"{original_name} is encrypted: upload it without a password") from exc
         raise ParseError(f"{original_name} is not a readable PDF ({exc})") from exc
+    texts: list[str] = []
+    scanned: list[int] = []
     try:
         for number in range(len(pdf)):
             page = pdf[number]
             textpage = page.get_textpage()
             text = textpage.get_text_range()
             textpage.close()
+            if ocr.page_needs_ocr(page, text):
+                scanned.append(number + 1)
             page.close()
-            yield Section(text.replace("\r\n", "\n"), {"page": number + 1})
+            texts.append(text.replace("\r\n", "\n"))
     finally:
         pdf.close()
+    recognised = ocr.pdf_sections(path, scanned, report or ParseReport()) if scanned else {}
+    for number, text in enumerate(texts, start=1):
+        yield recognised.get(number) or Section(text, {"page": number})
+
+
+def parse_image(path: Path, original_name: str, report: ParseReport | None = None) -> Iterator[Section]:
+    from kb import ocr
+
+    yield from ocr.image_sections(path, original_name, report or ParseReport())
 
 
 def parse_docx(path: Path, original_name: str) -> Iterator[Section]:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
 
     try:
         document = docx.Document(str(path))
@@ -312,7 +385,13 @@ def parse_docx(path: Path, original_name: str) -> Iterator[Section]:
         raise ParseError(f"{original_name} is not a readable Word document ({exc})") from exc
     headings: list[str] = []
     paragraphs: list[str] = []
-    for paragraph in document.paragraphs:
+    # Paragraphs and tables in body order: a table stays between the paragraphs around it.
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            if table := _docx_table(block):
+                paragraphs.append(f"\n{table}\n")  # blank lines around it, as markdown wants
+            continue
+        paragraph = block
         style = paragraph.style.name if paragraph.style is not None else ""
         level = _heading_level(style)
         if level and paragraph.text.strip():
@@ -322,9 +401,22 @@ def parse_docx(path: Path, original_name: str) -> Iterator[Section]:
         else:
             paragraphs.append(paragraph.text)
     yield Section("\n".join(paragraphs), {"heading_path": list(headings)})
-    for number, table in enumerate(document.tables, start=1):
-        rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
-        yield Section("\n".join(rows), {"table": number})
+
+
+def _docx_table(table: DocxTable) -> str:
+    """Read from the XML grid rather than `row.cells`, which repeats a merged cell in every
+    position (and walks up a vertical merge again for each row of it): a merged cell's text
+    once, in its first position; leading grid positions a row skips kept blank."""
+    from docx.table import _Cell
+
+    rows: list[list[str]] = []
+    for tr in table._tbl.tr_lst:
+        row = [""] * min(tr.grid_before, MAX_SPAN)
+        for tc in tr.tc_lst:
+            text = "" if tc.vMerge == "continue" else _Cell(tc, table).text
+            row.extend([text, *[""] * (span(tc.grid_span) - 1)])
+        rows.append(row)
+    return markdown_table(rows)
 
 
 def _heading_level(style_name: str) -> int:
@@ -336,16 +428,27 @@ def _heading_level(style_name: str) -> int:
 
 def parse_pptx(path: Path, original_name: str) -> Iterator[Section]:
     import pptx
+    from pptx.shapes.graphfrm import GraphicFrame
 
     try:
         presentation = pptx.Presentation(str(path))
     except (KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ParseError(f"{original_name} is not a readable PowerPoint file ({exc})") from exc
     for number, slide in enumerate(presentation.slides, start=1):
-        texts = [shape.text_frame.text for shape in slide.shapes if shape.has_text_frame]
+        texts = []
+        for shape in slide.shapes:  # in the slide's order: a table between the texts around it
+            if shape.has_text_frame:
+                texts.append(shape.text_frame.text)
+            elif isinstance(shape, GraphicFrame) and shape.has_table and (table := _pptx_table(shape.table)):
+                texts.append(f"\n{table}\n")
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             texts.append(slide.notes_slide.notes_text_frame.text)
         yield Section("\n".join(texts), {"slide": number})
+
+
+def _pptx_table(table: PptxTable) -> str:
+    """A merged cell's text once, at its origin; the cells it spans blank."""
+    return markdown_table(["" if cell.is_spanned else cell.text for cell in row.cells] for row in table.rows)
 
 
 ROWS_PER_SECTION = 40
@@ -361,9 +464,34 @@ def parse_xlsx(path: Path, original_name: str) -> Iterator[Section]:
     try:
         for sheet in workbook.worksheets:
             rows = ([("" if cell is None else str(cell)) for cell in row] for row in sheet.iter_rows(values_only=True))
-            yield from _table_sections(rows, {"sheet": sheet.title})
+            yield from _sheet_tables(rows, {"sheet": sheet.title})
     finally:
         workbook.close()
+
+
+def _sheet_tables(rows: Iterator[list[str]], metadata: dict[str, Any]) -> Iterator[Section]:
+    """A sheet as markdown tables of at most ROWS_PER_SECTION rows, each under the sheet's first
+    row with text (its header), so every part of a long sheet still says what its columns are.
+    `rows` in the metadata: the sheet's row numbers of the table's first and last row."""
+    header: list[str] = []
+    block: list[list[str]] = []
+    numbers: list[int] = []
+    tables = 0
+    for number, row in enumerate(rows, start=1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if not header:
+            header = row
+            continue
+        block.append(row)
+        numbers.append(number)
+        if len(block) == ROWS_PER_SECTION:
+            yield Section(markdown_table([header, *block]), {**metadata, "rows": [numbers[0], numbers[-1]]})
+            block, numbers, tables = [], [], tables + 1
+    if block:
+        yield Section(markdown_table([header, *block]), {**metadata, "rows": [numbers[0], numbers[-1]]})
+    elif header and not tables:
+        yield Section(markdown_table([header]), dict(metadata))  # a sheet of one row
 
 
 def parse_csv(path: Path, original_name: str) -> Iterator[Section]:
@@ -534,14 +662,26 @@ def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
     quotes: 2,048 copies) and walked the ancestors of every element."""
     from lxml import etree
 
+    layout = _html_layout_tables(root) if root.find(".//table") is not None else set()
     headings: list[str] = []
     parts: list[str] = []
     owner: Any = None  # the element whose text is being gathered
     outer: Any = None  # the element a heading inside it interrupted, resumed after the heading
     pieces: list[str] = []
-    for event, element in etree.iterwalk(root, events=("start", "end")):
+    walk = etree.iterwalk(root, events=("start", "end"))
+    for event, element in walk:
         tag = element.tag if isinstance(element.tag, str) else ""
         if event == "start":
+            table = ""
+            if tag == "table" and element not in layout and (owner is None or owner.tag not in HTML_HEADING_TAGS):
+                table = _html_table(element)
+            if table:  # a markdown table, read whole: the text gathered before it ends there
+                if owner is not None:
+                    parts.extend(_html_text(owner, pieces))
+                    pieces = []
+                parts.append(table)
+                walk.skip_subtree()
+                continue
             if owner is None and tag in HTML_TEXT_TAGS:
                 owner, pieces = element, []
             elif tag in HTML_HEADING_TAGS and owner is not None and owner.tag not in HTML_HEADING_TAGS:
@@ -564,6 +704,93 @@ def _html_blocks(root: Any, metadata: dict[str, Any]) -> Iterator[Section]:
         if owner is not None and element.tail:
             pieces.append(element.tail)  # the text after an element belongs to its parent
     yield Section("\n".join(parts), {**metadata, "heading_path": list(headings)})
+
+
+def _html_layout_tables(root: Any) -> set[Any]:
+    """Tables that lay a page out rather than hold data, read as text: those holding a table or
+    a heading, and those marked role=presentation. One pass from the leaves up, so tables nested
+    2,000 deep cost no more than their elements."""
+    from lxml import etree
+
+    holding: set[Any] = set()  # elements with a table or a heading somewhere inside
+    layout: set[Any] = set()
+    for _event, element in etree.iterwalk(root, events=("end",)):
+        tag = element.tag if isinstance(element.tag, str) else ""
+        inner = element in holding
+        if tag == "table" and (inner or element.get("role") in ("presentation", "none")):
+            layout.add(element)
+        parent = element.getparent()
+        if parent is not None and (inner or tag == "table" or tag in HTML_HEADING_TAGS):
+            holding.add(parent)
+    return layout
+
+
+HTML_ROWSPAN_LIMIT = 65534  # HTML's own
+
+
+def _html_table(table: Any) -> str:
+    """A data table as a markdown table (its caption on a line before it), between blank lines;
+    "" for one of a single row or column, which is layout or a box of text: read as text."""
+    markdown = markdown_table(_html_table_rows(table))
+    lines = markdown.split("\n")
+    if len(lines) < 3 or lines[1].count("|") < 3:
+        return ""
+    caption = table.find("caption")
+    title = table_cell(_html_cell_text(caption)).replace("<br>", " ") if caption is not None else ""
+    return f"\n{title}\n\n{markdown}\n" if title else f"\n{markdown}\n"
+
+
+def _html_table_rows(table: Any) -> list[list[str]]:
+    """The cells' text row by row; a cell spanning rows or columns has its text in its first
+    position, the positions it covers blank (spans clipped: kb.tables.MAX_SPAN)."""
+    rows: list[list[str]] = []
+    covered: list[int] = []  # per column, how many more rows a cell above still covers
+    for tr in _html_table_trs(table):
+        row: list[str] = []
+        for cell in tr:
+            if cell.tag not in ("td", "th"):
+                continue
+            while len(row) < len(covered) and covered[len(row)]:
+                row.append("")
+            start = len(row)
+            colspan = span(cell.get("colspan"), max(MAX_SPAN - start, 1))
+            row.extend([_html_cell_text(cell), *[""] * (colspan - 1)])
+            rowspan = span(cell.get("rowspan"), HTML_ROWSPAN_LIMIT)
+            if rowspan > 1:
+                covered.extend([0] * (start + colspan - len(covered)))
+                covered[start : start + colspan] = [rowspan] * colspan
+        covered = [max(count - 1, 0) for count in covered]
+        rows.append(row)
+    return rows
+
+
+def _html_table_trs(table: Any) -> Iterator[Any]:
+    """The table's own rows (not those of a table inside it), in order."""
+    for child in table:
+        if child.tag == "tr":
+            yield child
+        elif child.tag in ("thead", "tbody", "tfoot"):
+            yield from (row for row in child if row.tag == "tr")
+
+
+HTML_BLANKS = re.compile(r"\s+")
+
+
+def _html_cell_text(cell: Any) -> str:
+    """A cell's text as a browser shows it: blanks collapsed, a line break at `<br>` and at each
+    block inside it (paragraphs, list items), inline elements joined as written."""
+    from lxml import etree
+
+    pieces: list[str] = []
+    for event, element in etree.iterwalk(cell, events=("start", "end")):
+        if event == "start":
+            if element is not cell and element.tag in HTML_BREAK_TAGS:
+                pieces.append("\n")
+            if element.text:
+                pieces.append(HTML_BLANKS.sub(" ", element.text))
+        elif element is not cell and element.tail:
+            pieces.append(HTML_BLANKS.sub(" ", element.tail))
+    return "".join(pieces)
 
 
 def _html_text(owner: Any, pieces: list[str]) -> list[str]:
@@ -656,7 +883,7 @@ def _epub_spine(archive: zipfile.ZipFile) -> list[str]:
     ]
 
 
-PARSERS = {
+PARSERS: dict[str, Callable[[Path, str], Iterator[Section]]] = {
     "pdf": parse_pdf,
     "docx": parse_docx,
     "pptx": parse_pptx,
@@ -669,4 +896,10 @@ PARSERS = {
     "text": parse_text,
     "eml": parse_eml,
     "epub": parse_epub,
+    "image": parse_image,
+}
+# Parsers that report progress through slow pages and what they left out (OCR).
+REPORTING_PARSERS: dict[str, Callable[[Path, str, ParseReport], Iterator[Section]]] = {
+    "pdf": parse_pdf,
+    "image": parse_image,
 }

@@ -1,7 +1,9 @@
 """Sections → chunks: recursive characters (separators that know Chinese punctuation), token
 counts with the embedding model's own tokenizer, or heading-aware. Chunks never cross a page,
 slide or sheet boundary, so their metadata stays true; heading-aware chunks never cross a heading
-either, while the other two merge short neighbouring sections (metadata: the first section's)."""
+either, while the other two merge short neighbouring sections (metadata: the first section's).
+Markdown tables (kb.tables) are kept whole when they fit; a larger one is cut between rows, each
+piece under the table's header and delimiter rows. The text around them is split as before."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from core.domain_errors import DomainError
 from kb.models import Splitter
 from kb.parsing import Section
+from kb.tables import MarkdownTable, text_and_tables
 
 # Paragraphs, lines, then sentence ends in Chinese and English, then clauses, then words.
 SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", ". ", "! ", "? ", "; ", "，", "、", ", ", " ", ""]
@@ -56,9 +59,58 @@ def split_sections(
     drafts = []
     for section in units:
         prefix = heading_prefix(section) if headers or splitter == Splitter.HEADINGS else ""
-        for piece in text_splitter.split_text(section.text):
+        for piece in split_text(section.text, text_splitter, chunk_size, length):
             drafts.append(ChunkDraft(prefix + piece, dict(section.metadata)))
     return drafts
+
+
+def split_text(
+    text: str, text_splitter: RecursiveCharacterTextSplitter, chunk_size: int, length: Callable[[str], int]
+) -> list[str]:
+    """A section's text as chunks: the splitter's own for text without tables or that fits;
+    otherwise each table in pieces of whole rows and the text between split as before, and
+    neighbouring pieces of a table and the text beside it share a chunk when they fit together
+    (pieces of one run of text never do: the splitter made them, with their overlap)."""
+    segments = text_and_tables(text) if "|" in text else []
+    if not any(isinstance(segment, MarkdownTable) for segment in segments) or length(text) <= chunk_size:
+        return text_splitter.split_text(text)
+    chunks: list[str] = []
+    last_segment = -1
+    for index, segment in enumerate(segments):
+        if isinstance(segment, MarkdownTable):
+            pieces = table_pieces(segment, chunk_size, length)
+        else:
+            pieces = text_splitter.split_text(segment)
+        for piece in pieces:
+            joined = f"{chunks[-1]}\n\n{piece}" if chunks and index != last_segment else ""
+            if joined and length(joined) <= chunk_size:
+                chunks[-1] = joined
+            else:
+                chunks.append(piece)
+            last_segment = index
+    return chunks
+
+
+def table_pieces(table: MarkdownTable, chunk_size: int, length: Callable[[str], int]) -> list[str]:
+    """The table whole when it fits, else pieces of as many whole rows as fit under its header
+    and delimiter rows (counted row by row). A row is never cut: one too long for a chunk with
+    the header is a piece of its own, longer than the chunk size."""
+    whole = table.text
+    if length(whole) <= chunk_size or not table.rows:
+        return [whole]
+    budget = chunk_size - length(table.head)
+    pieces: list[str] = []
+    rows: list[str] = []
+    used = 0
+    for row in table.rows:
+        size = length(f"\n{row}")
+        if rows and used + size > budget:
+            pieces.append("\n".join([table.head, *rows]))
+            rows, used = [], 0
+        rows.append(row)
+        used += size
+    pieces.append("\n".join([table.head, *rows]))
+    return pieces
 
 
 def heading_prefix(section: Section) -> str:
