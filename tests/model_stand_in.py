@@ -8,9 +8,10 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 Reply = str | dict[str, Any]
+HandlerT = TypeVar("HandlerT", bound=BaseHTTPRequestHandler)
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 
@@ -78,9 +79,9 @@ class ScriptedModelStandIn(BaseHTTPRequestHandler):
         pass
 
 
-def scripted_model_server() -> Iterator[tuple[str, type[ScriptedModelStandIn]]]:
-    """(endpoint, handler class whose `replies` to fill and `requests` to read); a generator for a fixture."""
-    handler = type("Scripted", (ScriptedModelStandIn,), {"replies": [], "requests": []})
+def local_http_server(handler: type[HandlerT]) -> Iterator[tuple[str, type[HandlerT]]]:
+    """(base URL, handler class) of `handler` served on loopback in a thread; a generator for a
+    fixture. Give each fixture its own subclass, so class-level state is not shared."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -88,3 +89,8 @@ def scripted_model_server() -> Iterator[tuple[str, type[ScriptedModelStandIn]]]:
         yield f"http://127.0.0.1:{server.server_address[1]}", handler
     finally:
         server.shutdown()
+
+
+def scripted_model_server() -> Iterator[tuple[str, type[ScriptedModelStandIn]]]:
+    """(endpoint, handler class whose `replies` to fill and `requests` to read); a generator for a fixture."""
+    yield from local_http_server(type("Scripted", (ScriptedModelStandIn,), {"replies": [], "requests": []}))

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from chat.streaming import answer_event_items
 from datasources.services import data_source_create
 from models_registry.services import provider_create, registration_create
 from tests.conftest import bearer_client, member_of
-from tests.model_stand_in import ScriptedModelStandIn, scripted_model_server
+from tests.model_stand_in import ScriptedModelStandIn, local_http_server, scripted_model_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -77,14 +76,7 @@ class WeatherApi(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def weather_api() -> Iterator[tuple[str, type[WeatherApi]]]:
-    handler = type("Weather", (WeatherApi,), {"seen": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
+    yield from local_http_server(type("Weather", (WeatherApi,), {"seen": []}))
 
 
 @pytest.fixture

@@ -39,3 +39,16 @@ def team_switch(request: HttpRequest, team_id: int) -> Team:
         raise Http404("No such team.")
     request.session[SESSION_KEY] = membership.team_id
     return membership.team
+
+
+def team_of_form(request: HttpRequest) -> Team:
+    """The team a create form was shown for (its hidden `team` field, else the session's), switched
+    to: a switch in another tab meanwhile cannot put the new object into a different team. 404 for
+    a team the user is not in."""
+    try:
+        team_id = int(request.POST.get("team", ""))
+    except ValueError:
+        team_id = current_membership(request).team_id
+    if current_membership(request).team_id != team_id:
+        return team_switch(request, team_id)
+    return current_membership(request).team

@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role, Team, User
-from accounts.selectors import has_team_role, team_scoped, teams_for
+from accounts.selectors import has_team_role, team_scoped
 from core.domain_errors import DomainError
 from datasources.connectors import QueryResult
 from datasources.models import DataSource, DataSourceKind
@@ -34,7 +34,7 @@ from datasources.services import (
 )
 from models_registry.credentials import credentials_decrypt
 from web.sql_chart import sql_result_chart
-from web.teams import current_membership, team_switch
+from web.teams import current_membership, team_of_form, team_switch
 
 # As datasources.api.DataSourceViewSet: viewers see, members query, admins change.
 QUERY_ROLE = Role.MEMBER
@@ -158,17 +158,7 @@ def data_source_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def data_source_create_view(request: HttpRequest) -> HttpResponse:
-    """The form names the team its page was shown for, so a switch in another tab meanwhile
-    cannot put the data source into a different team."""
-    try:
-        team_id = int(request.POST.get("team", ""))
-    except ValueError:
-        team_id = current_membership(request).team_id
-    team = teams_for(user=_user(request)).filter(pk=team_id).first()
-    if team is None:
-        raise Http404(_("No such team."))
-    if current_membership(request).team_id != team.pk:
-        team_switch(request, team.pk)
+    team = team_of_form(request)
     if not _has_role(request, team.pk, ADMIN_ROLE):
         return HttpResponse(
             _("Only the team's admins and owners may register data sources: ask one of them."), status=403

@@ -20,7 +20,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role, Team, User
-from accounts.selectors import has_team_role, teams_for
+from accounts.selectors import has_team_role
 from kb.models import (
     DEFAULT_CHUNK_HEADERS,
     DEFAULT_CHUNK_OVERLAP,
@@ -36,7 +36,7 @@ from kb.selectors import knowledge_bases_visible
 from kb.services import KnowledgeBaseError, kb_create, kb_rebuild_decide
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
-from web.teams import current_membership, team_switch
+from web.teams import current_membership, team_of_form, team_switch
 
 # The page renders the newest documents; kb.js keeps those (and any added later) up to date.
 DOCUMENTS_SHOWN = 200
@@ -137,17 +137,7 @@ def kb_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def kb_create_view(request: HttpRequest) -> HttpResponse:
-    """The form names the team its page was shown for, so a switch in another tab meanwhile
-    cannot put the knowledge base into a different team."""
-    try:
-        team_id = int(request.POST.get("team", ""))
-    except ValueError:
-        team_id = current_membership(request).team_id
-    team = teams_for(user=_user(request)).filter(pk=team_id).first()
-    if team is None:
-        raise Http404(_("No such team."))
-    if current_membership(request).team_id != team.pk:
-        team_switch(request, team.pk)
+    team = team_of_form(request)
     if not has_team_role(user=_user(request), api_key=None, team_id=team.pk, role=CREATE_ROLE):
         return HttpResponse(
             _("Only the team's admins and owners may create knowledge bases: ask one of them."), status=403
