@@ -258,12 +258,15 @@ def test_the_web_runs_a_process_per_core_reusing_pooled_database_connections(
         healthz(running_platform.port)  # each web process has opened its pool
         time.sleep(1.5)  # a backend reports its statistics at most once a second
         before = database_sessions(cursor)
-        for _ in range(30):
+        for _ in range(60):
             assert healthz(running_platform.port)[0] == 200  # each reads the database
         time.sleep(1.5)
         opened = database_sessions(cursor) - before
-    # A connection opened per request (Django's per-thread connections under ASGI) would be 30 here.
-    assert opened <= 2 * os.cpu_count()  # type: ignore[operator]
+    # A connection opened per request (Django's per-thread connections under ASGI) would be 60 here.
+    # The count is the whole database's: the Celery worker and beat, running their periodic tasks
+    # meanwhile, open a few sessions of their own (a prefork child's first task, CONN_MAX_AGE expiry).
+    background_allowance = 8
+    assert opened <= 2 * os.cpu_count() + background_allowance  # type: ignore[operator]
 
 
 def test_a_killed_embedded_redis_is_started_again(running_platform: RunningPlatform) -> None:
