@@ -116,6 +116,7 @@ class DocumentSerializer(serializers.ModelSerializer):
             "progress",
             "stage_timings",
             "error",
+            "notice",
             "chunk_count",
             "attempts",
             "created_at",

@@ -96,12 +96,13 @@ def release_ready(
     document: Document, *, generation: int, chunk_count: int, timings: dict[str, float], notice: str = ""
 ) -> bool:
     """Ready, if this worker still holds it; False when another worker took the document over.
-    `notice` (what was left out, such as pages past KB_OCR_MAX_PAGES) stays in `error`."""
+    `notice`: what was left out, such as pages past KB_OCR_MAX_PAGES (not a failure)."""
     return bool(
         held(document).update(
             status=DocumentStatus.READY,
             progress=100,
-            error=notice,
+            error="",
+            notice=notice,
             chunk_count=chunk_count,
             built_generation=generation,
             stage_timings=timings,

@@ -173,7 +173,7 @@ def document_mark_ready(
 ) -> bool:
     """The end of a successful ingestion (for the worker that still holds the document): ready,
     and a `document.ready` webhook event. False when another worker took the document over.
-    `notice`: what was left out (pages past KB_OCR_MAX_PAGES), kept in the document's `error`."""
+    `notice`: what was left out (pages past KB_OCR_MAX_PAGES), kept in the document's `notice`."""
     marked = dispatch.release_ready(
         document, generation=generation, chunk_count=chunk_count, timings=timings, notice=notice[:4000]
     )

@@ -40,6 +40,28 @@ def _outbound_loopback_allowed(settings) -> None:
     settings.OUTBOUND_ALLOWED_NETWORKS = list(TEST_ALLOWED_NETWORKS)
 
 
+# pytest-xdist (--dist loadfile) hands the files out in collection order, and a long file picked
+# up last keeps one process busy after the others are done: the longest files (the durations of
+# a clean-clone run) start first.
+LONGEST_FILES_FIRST = (
+    "test_supervisor.py",
+    "test_chat.py",
+    "test_drills.py",
+    "test_evaluation.py",
+    "test_kb_hostile.py",
+    "test_models_registry.py",
+    "test_kb.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file and among the rest stays
+
+
 FLUSH_METHOD = "_fixture_teardown"  # Django's TransactionTestCase empties the tables here
 
 

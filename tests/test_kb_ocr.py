@@ -242,7 +242,10 @@ def test_a_ready_document_keeps_what_was_left_out_as_its_notice(team) -> None:
     notice = "OCR read 200 of the 2,000 pages without a text layer (KB_OCR_MAX_PAGES)"
     assert document_mark_ready(document=document, generation=1, chunk_count=3, timings={}, notice=notice)
     document.refresh_from_db()
-    assert (document.status, document.error) == (DocumentStatus.READY, notice)
+    assert (document.status, document.error, document.notice) == (DocumentStatus.READY, "", notice)
+    # The API gives it as the notice; a failure reason stays empty.
+    body = bearer_client(member_of(team, Role.MEMBER), team).get(f"/api/v1/documents/{document.pk}/").json()
+    assert (body["error"], body["notice"]) == ("", notice)
 
 
 @pytest.mark.django_db(transaction=True)

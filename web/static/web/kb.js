@@ -72,6 +72,7 @@ document.addEventListener("DOMContentLoaded", () => {
     setProgress(row, doc.status === "ready" ? 100 : doc.progress);
     row.querySelector(".js-chunks").textContent = String(doc.chunk_count);
     row.querySelector(".js-error").textContent = doc.error || "";
+    row.querySelector(".js-notice").textContent = doc.notice || "";
   }
 
   function newRow() {
