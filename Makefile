@@ -50,6 +50,14 @@ typecheck: $(VENV)/.dev
 /usr/share/fonts/truetype/wqy/wqy-microhei.ttc:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei
 
+# Legacy formats (kb.legacy, tests/test_kb_legacy_formats.py): LibreOffice converts .doc, .rtf (Writer),
+# .ppt, .odp (Impress), .xls and .ods (Calc); the tests save files with a password through its
+# Python bridge (python3-uno). `make run` needs them only to read those formats.
+LIBREOFFICE := /usr/lib/libreoffice/program
+$(LIBREOFFICE)/libswlo.so $(LIBREOFFICE)/libsdlo.so $(LIBREOFFICE)/libsclo.so /usr/lib/python3/dist-packages/uno.py &:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libreoffice-writer-nogui \
+		libreoffice-impress-nogui libreoffice-calc-nogui python3-uno
+
 # On a fresh clone the Xinference environment (about 2.5 minutes, one core) installs in the
 # background while lint and mypy run on the other core; the tests that need it wait on its lock
 # (models_registry.embedded_xinference.ensure_venv).
@@ -58,7 +66,8 @@ xinference-venv-in-background: $(VENV)/.runtime
 	$(PY) -m models_registry.embedded_xinference > var/xinference-venv-install.log 2>&1 &
 
 test: $(VENV)/.dev xinference-venv-in-background lint typecheck /usr/bin/chromium /usr/sbin/mariadbd \
-		/usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+		/usr/share/fonts/truetype/wqy/wqy-microhei.ttc $(LIBREOFFICE)/libswlo.so $(LIBREOFFICE)/libsdlo.so \
+		$(LIBREOFFICE)/libsclo.so /usr/lib/python3/dist-packages/uno.py
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) manage.py makemigrations --check --dry-run
 	CHATPLATFORM_VAR_DIR=$(CURDIR)/var/test $(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile
 

@@ -6,8 +6,10 @@ from accounts.api import ApiKeyViewSet, TeamViewSet, UsageViewSet
 from chat.api import AssistantViewSet, ConversationViewSet
 from datasources.api import DataSourceViewSet
 from evaluation.api import EvaluationItemViewSet, EvaluationRunViewSet, EvaluationSetViewSet
+from finetune.api import DatasetViewSet
 from integrations.api import WebhookViewSet
-from kb.api import DocumentViewSet, KnowledgeBaseViewSet
+from kb.api import ChunkEditViewSet, ChunkViewSet, DocumentViewSet, KnowledgeBaseViewSet
+from kb.web_api import WebSourceViewSet
 from models_registry.api import ModelRegistrationViewSet, ProviderViewSet
 
 router = DefaultRouter()
@@ -18,6 +20,9 @@ router.register("providers", ProviderViewSet, basename="provider")
 router.register("models", ModelRegistrationViewSet, basename="model")
 router.register("knowledge-bases", KnowledgeBaseViewSet, basename="knowledge-base")
 router.register("documents", DocumentViewSet, basename="document")
+router.register("web-sources", WebSourceViewSet, basename="web-source")
+router.register("chunks", ChunkViewSet, basename="chunk")
+router.register("chunk-edits", ChunkEditViewSet, basename="chunk-edit")
 router.register("evaluation-sets", EvaluationSetViewSet, basename="evaluation-set")
 router.register("evaluation-items", EvaluationItemViewSet, basename="evaluation-item")
 router.register("evaluation-runs", EvaluationRunViewSet, basename="evaluation-run")
@@ -25,5 +30,6 @@ router.register("assistants", AssistantViewSet, basename="assistant")
 router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("webhooks", WebhookViewSet, basename="webhook")
 router.register("data-sources", DataSourceViewSet, basename="data-source")
+router.register("datasets", DatasetViewSet, basename="dataset")
 
 urlpatterns = router.urls

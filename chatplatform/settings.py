@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "chat",
     "integrations",
     "datasources",
+    "finetune",
     "workers",
     "web",
 ]
@@ -214,9 +215,13 @@ CELERY_TASK_ROUTES = {
     # Scoring is searches (default); drafting questions is model calls (llm, with chat's slots).
     "evaluation.draft": {"queue": "llm"},
     "evaluation.*": {"queue": "default"},
+    # A dataset build reads every message of a team: a long batch job, beside ingestion.
+    "finetune.*": {"queue": "ingest"},
 }
 CELERY_BEAT_SCHEDULE = {
     "kb-dispatch": {"task": "kb.dispatch", "schedule": 10.0, "options": {"expires": 10.0}},
+    # Web sources whose sync is due (or whose worker was lost) are queued again.
+    "kb-web-sync": {"task": "kb.web_sync_due", "schedule": 60.0, "options": {"expires": 60.0}},
     "models-reconcile": {
         "task": "models_registry.reconcile",
         "schedule": MODELS_RECONCILE_INTERVAL_S,
@@ -288,6 +293,11 @@ SPECTACULAR_SETTINGS = {
         "RetrievalModeEnum": "kb.models.RetrievalMode",
         "EvaluationRunStatusEnum": "evaluation.models.RunStatus",
         "EvaluationItemStatusEnum": "evaluation.models.ItemStatus",
+        "DatasetStatusEnum": "finetune.models.DatasetStatus",
+        "DatasetFormatEnum": "finetune.models.DatasetFormat",
+        "WebSourceKindEnum": "kb.models.WebSourceKind",
+        "WebSourceStatusEnum": "kb.models.WebSourceStatus",
+        "WebPageStatusEnum": "kb.models.WebPageStatus",
     },
 }
 
@@ -363,6 +373,20 @@ KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000
 KB_OCR_MAX_PAGES = env.int("KB_OCR_MAX_PAGES", default=200)
 KB_OCR_MAX_PIXELS = env.int("KB_OCR_MAX_PIXELS", default=100_000_000)
 KB_OCR_PAGE_TIMEOUT_S = env.float("KB_OCR_PAGE_TIMEOUT_S", default=120.0)
+# The long tail of formats (kb.legacy): LibreOffice's `soffice` (converts .doc, .ppt, .xls, .odp,
+# .ods and .rtf), and the bounds of one document's conversion in its child process: its time, after
+# which the child, LibreOffice and pandoc are killed, and its address space.
+KB_LIBREOFFICE = env.str("KB_LIBREOFFICE", default="soffice")
+KB_CONVERT_TIMEOUT_S = env.float("KB_CONVERT_TIMEOUT_S", default=300.0)
+KB_CONVERT_MAX_MEMORY_MB = env.int("KB_CONVERT_MAX_MEMORY_MB", default=2048)
+# Web sources (kb.web_sources): pages a source fetches at most (a source may ask for fewer), the
+# pause between two requests to one host, each request's time limit, the largest page or sitemap
+# read (a larger one fails), and the User-Agent sent and matched against robots.txt.
+KB_WEB_MAX_PAGES = env.int("KB_WEB_MAX_PAGES", default=200)
+KB_WEB_HOST_DELAY_S = env.float("KB_WEB_HOST_DELAY_S", default=1.0)
+KB_WEB_TIMEOUT_S = env.float("KB_WEB_TIMEOUT_S", default=20.0)
+KB_WEB_MAX_PAGE_BYTES = env.int("KB_WEB_MAX_PAGE_BYTES", default=5 * 1024 * 1024)
+KB_WEB_USER_AGENT = env.str("KB_WEB_USER_AGENT", default="chatplatform-bot/1.0 (knowledge-base web source)")
 
 # --- data sources (datasources) -------------------------------------------------------------
 

@@ -74,7 +74,10 @@ def items_draft(*, evaluation_set_id: int, document_ids: list[int], per_document
     kb = evaluation_set.knowledge_base
     written = 0
     for document in Document.objects.filter(pk__in=document_ids, knowledge_base=kb):
-        chunks = list(Chunk.objects.filter(document=document, generation=kb.generation).order_by("ordinal"))
+        # Disabled chunks are never retrieved: a question about one could never be answered.
+        chunks = list(
+            Chunk.objects.filter(document=document, generation=kb.generation, disabled=False).order_by("ordinal")
+        )
         step = max(len(chunks) // per_document, 1)
         for chunk in chunks[::step][:per_document]:
             draft = _draft_one(llm, chunk.text[:PASSAGE_CHARS], team_id=evaluation_set.team_id, user_id=user_id)

@@ -1,7 +1,8 @@
-"""/api/v1/knowledge-bases/ (with documents/, search/, rebuild/) and /api/v1/documents/.
+"""/api/v1/knowledge-bases/ (with documents/, search/, rebuild/), /api/v1/documents/ (with
+chunks/, chunk-edits/), /api/v1/chunks/ and /api/v1/chunk-edits/.
 
-Viewers read and search; members upload, delete and re-index documents; admins create, change,
-rebuild and delete knowledge bases."""
+Viewers read and search; members upload, delete and re-index documents and edit their chunks;
+admins create, change, rebuild and delete knowledge bases."""
 
 from __future__ import annotations
 
@@ -16,22 +17,32 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.models import ApiKey, Role
+from accounts.models import ApiKey, Role, User
 from accounts.selectors import team_scoped
 from evaluation.api import EvaluationSetSerializer, sets_with_counts
 from evaluation.services import evaluation_set_create
+from kb.chunk_edits import (
+    chunk_edit,
+    chunk_edit_delete,
+    chunk_edits_with_state,
+    chunk_view,
+    chunk_views,
+    document_chunks,
+)
 from kb.models import (
     DEFAULT_CHUNK_HEADERS,
     DEFAULT_CHUNK_OVERLAP,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SPLITTER,
+    Chunk,
+    ChunkEdit,
     Document,
     KnowledgeBase,
     RetrievalMode,
     Splitter,
 )
 from kb.retrieval import SearchRequest, kb_search
-from kb.selectors import documents_visible, knowledge_bases_visible
+from kb.selectors import chunk_edits_visible, chunks_visible, documents_visible, knowledge_bases_visible
 from kb.services import (
     document_delete,
     document_reindex,
@@ -42,6 +53,9 @@ from kb.services import (
     kb_rebuild_decide,
     kb_update,
 )
+from kb.web_api import WRITE_ROLE as WEB_SOURCE_WRITE_ROLE
+from kb.web_api import WebSourceInputSerializer, WebSourceSerializer
+from kb.web_sources import web_source_create
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.selectors import team_default_model
 from restapi.pagination import IdCursorPagination
@@ -348,6 +362,31 @@ class KnowledgeBaseViewSet(TeamScopedModelViewSet):
         created = sets_with_counts(kb.evaluation_sets.filter(pk=evaluation_set.pk)).get()
         return Response(EvaluationSetSerializer(created).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(methods=["GET"], responses=WebSourceSerializer(many=True), description="Web sources.")
+    @extend_schema(
+        methods=["POST"],
+        request=WebSourceInputSerializer,
+        responses={202: WebSourceSerializer},
+        description="Add a page or sitemap (members); its first sync is queued. An address the server may not "
+        "reach is 400 `unsafe_url`.",
+    )
+    @action(detail=True, methods=["get", "post"], url_path="web-sources")
+    def web_sources(self, request: Request, pk: str | None = None) -> Response:
+        kb = self.get_object()
+        if request.method == "GET":
+            return Response(WebSourceSerializer(kb.web_sources.all(), many=True).data)
+        self.require_role(kb.team_id, WEB_SOURCE_WRITE_ROLE)
+        data = validated(WebSourceInputSerializer, request.data)
+        source = web_source_create(
+            kb=kb,
+            url=data["url"],
+            kind=data["kind"],
+            max_pages=data.get("max_pages"),
+            sync_interval_hours=data["sync_interval_hours"],
+            created_by=request.user if isinstance(request.user, User) else None,
+        )
+        return Response(WebSourceSerializer(source).data, status=status.HTTP_202_ACCEPTED)
+
 
 def _optional_bool(data: dict[str, Any], key: str) -> bool | None:
     value = data.get(key)
@@ -363,6 +402,57 @@ def _optional_int(data: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError({key: "Must be a whole number."})
     return value
+
+
+# Who may correct or disable chunks: those who may upload, reindex and delete documents.
+CHUNK_EDIT_ROLE = Role.MEMBER
+
+
+class ChunkPagination(IdCursorPagination):
+    ordering = "ordinal"
+    page_size = 100
+
+
+class ChunkSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="chunk.pk")
+    document = serializers.IntegerField(source="chunk.document_id")
+    ordinal = serializers.IntegerField(source="chunk.ordinal")
+    text = serializers.CharField(source="chunk.text")
+    metadata = serializers.DictField(source="chunk.metadata", help_text="page, heading_path, ocr, sheet, ...")
+    disabled = serializers.BooleanField(source="chunk.disabled", help_text="Kept and shown, never retrieved.")
+    edited = serializers.BooleanField(help_text="`text` is a member's correction.")
+    original_text = serializers.CharField(allow_null=True, help_text="What the splitter produced, when edited.")
+
+
+class ChunkChangeSerializer(StrictFieldsMixin, serializers.Serializer):
+    text = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
+        help_text="The corrected text (re-embedded); the original text again removes the correction.",
+    )
+    disabled = serializers.BooleanField(required=False, help_text="Off: kept and shown, never retrieved.")
+    revert = serializers.BooleanField(required=False, default=False, help_text="Back to the original text.")
+
+
+class ChunkEditSerializer(serializers.ModelSerializer):
+    applied = serializers.BooleanField(read_only=True, help_text="A chunk of the live generation carries it.")
+    edited_by = serializers.CharField(source="edited_by.username", allow_null=True, read_only=True)
+
+    class Meta:
+        model = ChunkEdit
+        fields = [
+            "id",
+            "document",
+            "original_text",
+            "text",
+            "disabled",
+            "applied",
+            "edited_by",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
 
 
 class DocumentViewSet(mixins.RetrieveModelMixin, mixins.DestroyModelMixin, mixins.ListModelMixin, TeamScopedViewSet):
@@ -384,3 +474,72 @@ class DocumentViewSet(mixins.RetrieveModelMixin, mixins.DestroyModelMixin, mixin
     def reindex(self, request: Request, pk: str | None = None) -> Response:
         document = document_reindex(document=self.get_object())
         return Response(self.get_serializer(document).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        responses=ChunkSerializer(many=True),
+        description="The chunks search reads of this document (the live generation), in document order, "
+        "disabled ones included; `page_size` up to 200.",
+    )
+    @action(detail=True, methods=["get"])
+    def chunks(self, request: Request, pk: str | None = None) -> Response:
+        document = self.get_object()
+        paginator = ChunkPagination()
+        page = paginator.paginate_queryset(document_chunks(document=document), request, view=self)
+        views = chunk_views(document=document, chunks=list(page or []))
+        return paginator.get_paginated_response(ChunkSerializer(views, many=True).data)
+
+    @extend_schema(
+        responses=ChunkEditSerializer(many=True),
+        description="Members' edits of this document's chunks, each `applied` or not (its original text no longer "
+        "comes out of the splitter: delete it, or edit the new chunk).",
+    )
+    @action(detail=True, methods=["get"], url_path="chunk-edits")
+    def chunk_edits(self, request: Request, pk: str | None = None) -> Response:
+        document = self.get_object()
+        paginator = IdCursorPagination()
+        page = paginator.paginate_queryset(chunk_edits_with_state(document=document), request, view=self)
+        return paginator.get_paginated_response(ChunkEditSerializer(page, many=True).data)
+
+
+class ChunkViewSet(TeamScopedViewSet):
+    """One chunk, and a member's correction of it: PATCH `text` (re-embedded with the knowledge
+    base's model; 503 and nothing changed when it does not answer), `disabled`, or `revert`."""
+
+    queryset = Chunk.objects.all()
+    serializer_class = ChunkSerializer
+
+    def get_queryset(self) -> QuerySet[Chunk]:
+        return chunks_visible(user=self.request.user, api_key=self.api_key).select_related("document")
+
+    @extend_schema(responses=ChunkSerializer)
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return Response(ChunkSerializer(chunk_view(self.get_object())).data)
+
+    @extend_schema(request=ChunkChangeSerializer, responses=ChunkSerializer)
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        chunk = self.get_object()
+        self.require_role(chunk.document.team_id, CHUNK_EDIT_ROLE)
+        data = validated(ChunkChangeSerializer, request.data)
+        chunk = chunk_edit(
+            chunk=chunk,
+            user=request.user if isinstance(request.user, User) else None,
+            text=data.get("text"),
+            disabled=data.get("disabled"),
+            revert=data["revert"],
+        )
+        return Response(ChunkSerializer(chunk_view(chunk)).data)
+
+
+class ChunkEditViewSet(mixins.DestroyModelMixin, TeamScopedViewSet):
+    """DELETE forgets an edit: the chunks carrying it get their original text back (re-embedded)
+    and are enabled again."""
+
+    queryset = ChunkEdit.objects.all()
+    serializer_class = ChunkEditSerializer
+    action_roles = {"destroy": CHUNK_EDIT_ROLE}
+
+    def get_queryset(self) -> QuerySet[ChunkEdit]:
+        return chunk_edits_visible(user=self.request.user, api_key=self.api_key)
+
+    def perform_destroy(self, instance: ChunkEdit) -> None:
+        chunk_edit_delete(edit=instance)

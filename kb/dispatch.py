@@ -6,7 +6,8 @@ document, every transition named here and nowhere else:
        │◄───────requeue_expired─┘                              ├─release_ready──► ready
        │◄───────────────────────wait_to_retry (lease = backoff)┤
        │                                                       └─release_failed─► failed
-       └── requeue (reindex, rebuild: attempts back to zero)
+       ├── requeue (reindex, rebuild: attempts back to zero)
+       └── requeue_replaced (a new file, a changed web page: the token dropped as well)
 
 A worker acts on a document only while it holds the dispatch token it was handed (`held`); a
 worker whose lease expired and whose document was handed out again finds its token gone and
@@ -50,6 +51,21 @@ def requeue(documents: QuerySet[Document]) -> int:
     """Back in line from the start (reindex, rebuild): attempts counted from zero again."""
     return documents.update(
         status=DocumentStatus.QUEUED, progress=0, error="", attempts=0, dispatched_at=None, lease_expires_at=None
+    )
+
+
+def requeue_replaced(documents: QuerySet[Document]) -> int:
+    """Back in line with a new file (a web page that changed): as `requeue`, and the dispatch token
+    dropped, so a worker still on the old file writes nothing of it (no chunks, no ready)."""
+    return documents.update(
+        status=DocumentStatus.QUEUED,
+        progress=0,
+        error="",
+        attempts=0,
+        dispatched_at=None,
+        dispatch_token=None,
+        lease_expires_at=None,
+        updated_at=timezone.now(),
     )
 
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from evaluation.services import after_import as evaluation_after_import
 from integrations.models import WebhookEvent
 from integrations.services import webhook_emit
-from kb import dispatch, fulltext
+from kb import chunk_edits, dispatch, fulltext
 from kb.embedding_batches import embedding_batches, embedding_lengths
 from kb.models import Document, DocumentStatus, KnowledgeBase, VectorIndex
 from kb.parsing import ParseError, ParseReport, UnsupportedFile, parse
@@ -131,12 +131,15 @@ def document_ingest(*, document: Document) -> None:
         timings["split_s"] = round(time.perf_counter() - started, 3)
         dispatch.progress(document, status=DocumentStatus.EMBEDDING, percent=parsed + 10)
 
+        # Members' corrections (kb.chunk_edits) replace their originals before embedding: a
+        # corrected chunk is embedded once, with the corrected text.
+        stored, _disabled = chunk_edits.drafts_with_edits(drafts, chunk_edits.edits_by_original(document.pk))
         started = time.perf_counter()
-        vectors = _embed(document, model, drafts, start_percent=parsed + 10)
+        vectors = _embed(document, model, stored, start_percent=parsed + 10)
         timings["embed_s"] = round(time.perf_counter() - started, 3)
 
         started = time.perf_counter()
-        _replace_chunks(document, generation, model.dimensions or 0, drafts, vectors)
+        _replace_chunks(document, generation, model, drafts, stored, vectors)
         timings["store_s"] = round(time.perf_counter() - started, 3)
     except (ParseError, UnsupportedFile, SplitterUnavailable, CredentialsUnreadable) as exc:
         _fail(document, str(exc), timings)
@@ -235,23 +238,19 @@ def _embed(
 
 
 def _replace_chunks(
-    document: Document, generation: int, dims: int, drafts: list[ChunkDraft], vectors: list[list[float]]
+    document: Document,
+    generation: int,
+    model: ModelRegistration,
+    drafts: list[ChunkDraft],
+    embedded: list[ChunkDraft],
+    vectors: list[list[float]],
 ) -> None:
-    """Delete and insert in one transaction, so a re-run never leaves duplicates or a gap."""
-    rows = [
-        (
-            document.knowledge_base_id,
-            document.pk,
-            generation,
-            ordinal,
-            draft.text,
-            json.dumps(draft.metadata, ensure_ascii=False),
-            dims,
-            json.dumps(vector),
-            fulltext.index_text(draft.text),
-        )
-        for ordinal, (draft, vector) in enumerate(zip(drafts, vectors, strict=True))
-    ]
+    """Delete and insert in one transaction, so a re-run never leaves duplicates or a gap.
+    `drafts` are the splitter's, `embedded` what `vectors` were computed from (members' edits
+    applied); the edits are read again under the document's lock, which kb.chunk_edits takes
+    too, and a chunk whose edit changed meanwhile is embedded again."""
+    vectors = list(vectors)
+    terms = [fulltext.index_text(draft.text) for draft in embedded]  # jieba's work, before any lock
     with transaction.atomic(), connection.cursor() as cursor:
         # Shared, so stores run side by side, while kb_index_vectors' switch out of NONE waits
         # for them: no chunk is written unindexed after it (taken before the document's lock, in
@@ -266,11 +265,33 @@ def _replace_chunks(
         locked = dispatch.held(document).select_for_update()
         if not locked.exists():
             raise _Superseded()
+        stored, disabled = chunk_edits.drafts_with_edits(drafts, chunk_edits.edits_by_original(document.pk))
+        changed = [index for index, draft in enumerate(stored) if draft.text != embedded[index].text]
+        if changed:
+            again = embeddings_for(model).embed_documents([stored[index].text for index in changed])
+            for index, vector in zip(changed, again, strict=True):
+                vectors[index] = vector
+                terms[index] = fulltext.index_text(stored[index].text)
+        rows = [
+            (
+                document.knowledge_base_id,
+                document.pk,
+                generation,
+                ordinal,
+                draft.text,
+                json.dumps(draft.metadata, ensure_ascii=False),
+                model.dimensions or 0,
+                json.dumps(vector),
+                words,
+                off,
+            )
+            for ordinal, (draft, vector, words, off) in enumerate(zip(stored, vectors, terms, disabled, strict=True))
+        ]
         cursor.execute("DELETE FROM kb_chunk WHERE document_id = %s AND generation = %s", [document.pk, generation])
         cursor.executemany(
             "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
-            "embedding, search_vector, in_vector_index) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s::vector, "
-            "to_tsvector('simple', %s), %s)",
+            "embedding, search_vector, disabled, in_vector_index) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, "
+            "%s::vector, to_tsvector('simple', %s), %s, %s)",
             [(*row, in_vector_index) for row in rows],
         )
 

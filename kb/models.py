@@ -124,6 +124,8 @@ class Document(models.Model):
     progress = models.PositiveSmallIntegerField(default=0, help_text="0-100")
     stage_timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage of the last run.")
     error = models.TextField(blank=True, default="")
+    # What a ready document left out (pages past KB_OCR_MAX_PAGES, unreadable pages): not a failure.
+    notice = models.TextField(blank=True, default="")
     chunk_count = models.PositiveIntegerField(default=0)
     attempts = models.PositiveSmallIntegerField(default=0)
     # Which generation of the knowledge base this document's chunks were last built for.
@@ -165,6 +167,8 @@ class Chunk(models.Model):
     embedding = VectorField()
     search_vector = SearchVectorField()
     in_vector_index = models.BooleanField(default=False, db_default=False, editable=False)
+    # A member turned it off (ChunkEdit): kept, shown, never retrieved.
+    disabled = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         ordering = ["document_id", "ordinal"]
@@ -178,3 +182,120 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.ordinal}"
+
+
+class ChunkEdit(models.Model):
+    """A member's correction to one chunk of a document, kept through rebuilds: a rebuild's chunk
+    whose parsed text hashes to `original_sha256` gets `text` (when set) and `disabled` again.
+    An edit whose original no longer comes out of the splitter (other chunk settings, a changed
+    file) stays here, shown as not applied."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunk_edits")
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="chunk_edits")
+    original_sha256 = models.CharField(max_length=64)
+    original_text = models.TextField()
+    text = models.TextField(blank=True, default="", help_text="The corrected text; empty keeps the original.")
+    disabled = models.BooleanField(default=False)
+    edited_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="chunk_edits"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "original_sha256"], name="chunk_edit_unique_original"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}:{self.original_sha256[:12]}"
+
+
+class WebSourceKind(models.TextChoices):
+    """What a web source's URL is: one page, or a sitemap whose pages are fetched. `auto` decides
+    by the first answer's content (a `<urlset>` or `<sitemapindex>` is a sitemap)."""
+
+    AUTO = "auto", _("Decide by content")
+    PAGE = "page", _("One page")
+    SITEMAP = "sitemap", _("Sitemap")
+
+
+class WebSourceStatus(models.TextChoices):
+    QUEUED = "queued", _("Queued")
+    SYNCING = "syncing", _("Syncing")
+    SYNCED = "synced", _("Synced")
+    FAILED = "failed", _("Failed")
+
+
+class WebSource(models.Model):
+    """A URL or sitemap whose pages become documents of a knowledge base (kb.web_sources), fetched
+    through the SSRF guard and synced again every `sync_interval_hours` (0: only on request)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="web_sources")
+    knowledge_base = models.ForeignKey(KnowledgeBase, on_delete=models.CASCADE, related_name="web_sources")
+    url = models.URLField(max_length=2000)
+    kind = models.CharField(max_length=10, choices=WebSourceKind.choices, default=WebSourceKind.AUTO)
+    max_pages = models.PositiveIntegerField(help_text="Pages fetched at most (at most KB_WEB_MAX_PAGES).")
+    sync_interval_hours = models.PositiveIntegerField(default=24, help_text="0: synced only on request.")
+    status = models.CharField(max_length=10, choices=WebSourceStatus.choices, default=WebSourceStatus.QUEUED)
+    pages_total = models.PositiveIntegerField(default=0)
+    pages_done = models.PositiveIntegerField(default=0)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    next_sync_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # What the last sync left out without failing (pages past max_pages, pages robots.txt disallows).
+    notice = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        "accounts.User", on_delete=models.SET_NULL, null=True, blank=True, related_name="web_sources"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Moves with every page a sync fetches: a sync whose row stops moving has lost its worker.
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["knowledge_base", "url"], name="web_source_unique_kb_url"),
+        ]
+        indexes = [models.Index(fields=["status", "next_sync_at"], name="web_source_due_idx")]
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def progress(self) -> int:
+        """Pages done of the pages this sync fetches, 0-100."""
+        if self.status == WebSourceStatus.SYNCED:
+            return 100
+        return 100 * self.pages_done // self.pages_total if self.pages_total else 0
+
+
+class WebPageStatus(models.TextChoices):
+    OK = "ok", _("In the knowledge base")
+    SKIPPED = "skipped", _("Skipped")
+    FAILED = "failed", _("Failed")
+
+
+class WebPage(models.Model):
+    """One page of a web source and the Document it became (none when skipped or failed before
+    it was ever fetched whole). `content_sha256` is the hash of the fetched body: a sync re-embeds
+    the page only when it changes."""
+
+    source = models.ForeignKey(WebSource, on_delete=models.CASCADE, related_name="pages")
+    url = models.URLField(max_length=2000)
+    document = models.OneToOneField(Document, on_delete=models.CASCADE, null=True, blank=True, related_name="web_page")
+    status = models.CharField(max_length=10, choices=WebPageStatus.choices, default=WebPageStatus.OK)
+    error = models.TextField(blank=True, default="")
+    content_sha256 = models.CharField(max_length=64, blank=True, default="")
+    etag = models.CharField(max_length=500, blank=True, default="")
+    last_modified = models.CharField(max_length=100, blank=True, default="")
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.UniqueConstraint(fields=["source", "url"], name="web_page_unique_source_url")]
+
+    def __str__(self) -> str:
+        return self.url

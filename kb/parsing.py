@@ -1,8 +1,9 @@
 """Detect a file's type from its content and turn it into sections of text with structure
 (page, slide, sheet, heading path). Dedicated fast parsers throughout: pypdfium2, python-docx,
-python-pptx, openpyxl, lxml, the standard library for e-mail, CSV, JSON and EPUB.
-(`unstructured` was left out: for these formats it adds hundreds of MB and is several times
-slower without better text.)"""
+python-pptx, openpyxl, lxml, the standard library for e-mail, CSV, JSON and EPUB. The long tail
+(.doc, .ppt, .xls, .rtf, OpenDocument, .rst, .org, Outlook .msg) goes through LibreOffice or
+`unstructured` in a child process (kb.legacy); for the formats above `unstructured` gives the same
+text several times slower."""
 
 from __future__ import annotations
 
@@ -80,15 +81,25 @@ BINARY_SIGNATURES = {
     b"\x1f\x8b": "a gzip archive",
     b"Rar!": "a RAR archive",
     b"7z\xbc\xaf": "a 7-Zip archive",
-    b"\xd0\xcf\x11\xe0": "a legacy Office file (.doc/.xls/.ppt): save it as .docx/.xlsx/.pptx",
 }
-TEXT_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl"}
+OLE2_SIGNATURE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy Office and Outlook files (kb.legacy)
+RTF_SIGNATURE = b"{\\rtf"
+TEXT_SUFFIXES = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".jsonl": "jsonl",
+    ".rst": "rst",
+    ".org": "org",
+}
 
 
 def detect_type(path: Path, original_name: str) -> str:
     """One of pdf, docx, pptx, xlsx, epub, zip, html, markdown, csv, json, jsonl, eml, text, image
-    (PNG, JPEG, TIFF, WebP). The content decides; the name only tells text formats apart
-    (markdown, csv) that read alike."""
+    (PNG, JPEG, TIFF, WebP), doc, ppt, xls, msg, encrypted-office (an OOXML file saved with a
+    password), odt, odp, ods, rtf, rst, org. The content decides; the name only tells text formats
+    apart (markdown, csv, rst, org) that read alike."""
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
     if not head:
@@ -97,6 +108,12 @@ def detect_type(path: Path, original_name: str) -> str:
         return "pdf"
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path, original_name)
+    if head.startswith(OLE2_SIGNATURE):
+        from kb import legacy
+
+        return legacy.ole_kind(path, original_name)
+    if head.startswith(RTF_SIGNATURE):
+        return "rtf"
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return _image_kind(path, original_name, "a WebP image")
     for signature, what in IMAGE_SIGNATURES.items():
@@ -130,6 +147,11 @@ def _image_kind(path: Path, original_name: str, what: str) -> str:
 
 
 EPUB_MIMETYPE = b"application/epub+zip"
+ODF_MIMETYPES = {
+    b"application/vnd.oasis.opendocument.text": "odt",
+    b"application/vnd.oasis.opendocument.presentation": "odp",
+    b"application/vnd.oasis.opendocument.spreadsheet": "ods",
+}
 
 
 def _zip_kind(path: Path, original_name: str) -> str:
@@ -142,8 +164,11 @@ def _zip_kind(path: Path, original_name: str) -> str:
                 return "pptx"
             if "xl/workbook.xml" in names:
                 return "xlsx"
-            if "mimetype" in names and _read_head(archive, "mimetype", original_name).strip() == EPUB_MIMETYPE:
+            mimetype = _read_head(archive, "mimetype", original_name).strip() if "mimetype" in names else b""
+            if mimetype == EPUB_MIMETYPE:
                 return "epub"
+            if mimetype in ODF_MIMETYPES:
+                return ODF_MIMETYPES[mimetype]
     except zipfile.BadZipFile as exc:
         raise UnsupportedFile(f"{original_name} looks like a ZIP file but is corrupt: {exc}") from exc
     return "zip"
@@ -159,7 +184,7 @@ def _read_head(archive: zipfile.ZipFile, name: str, original_name: str) -> bytes
 
 
 # --- ZIP guards -------------------------------------------------------------------------------
-# Shared by uploaded archives (kb.uploads) and the ZIP-based formats (docx, pptx, xlsx, epub):
+# Shared by uploaded archives (kb.uploads) and the ZIP-based formats (docx, pptx, xlsx, epub, OpenDocument):
 # what a small upload may expand to on the server.
 
 MAX_COMPRESSION_RATIO = 100  # larger ratios are what zip bombs are made of
@@ -173,7 +198,7 @@ RATIO_CHECKED_ABOVE_BYTES = 1024 * 1024
 # Python's zipfile expands a whole read of those before it applies the member's size, so a few
 # kilobytes under a header that says 1 KB expand to gigabytes in memory.
 SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
-PACKAGE_KINDS = frozenset(("docx", "pptx", "xlsx", "epub"))
+PACKAGE_KINDS = frozenset(("docx", "pptx", "xlsx", "epub", "odt", "odp", "ods"))
 
 
 class MemberTooLarge(UnsupportedFile):
@@ -338,10 +363,11 @@ def parse(path: Path, kind: str, original_name: str, report: ParseReport | None 
 
 def parse_pdf(path: Path, original_name: str, report: ParseReport | None = None) -> Iterator[Section]:
     """Page by page: the text layer, or for a page without one that shows an image (a scan), the
-    text OCR reads in it (kb.ocr), so a mixed document OCRs only the pages that need it."""
+    text OCR reads in it (kb.ocr), so a mixed document OCRs only the pages that need it. Ruled
+    tables become markdown tables, one across a page break one table (kb.pdf_tables)."""
     import pypdfium2
 
-    from kb import ocr
+    from kb import ocr, pdf_tables
 
     try:
         pdf = pypdfium2.PdfDocument(path)
@@ -349,20 +375,26 @@ def parse_pdf(path: Path, original_name: str, report: ParseReport | None = None)
         if "password" in str(exc).lower():
             raise ParseError(f"{original_name} is encrypted: upload it without a password") from exc
         raise ParseError(f"{original_name} is not a readable PDF ({exc})") from exc
-    texts: list[str] = []
+    pages: list[list[pdf_tables.Block]] = []
     scanned: list[int] = []
+    tables = pdf_tables.TableFinder(path)
     try:
         for number in range(len(pdf)):
             page = pdf[number]
             textpage = page.get_textpage()
             text = textpage.get_text_range()
-            textpage.close()
+            blocks = None
             if ocr.page_needs_ocr(page, text):
                 scanned.append(number + 1)
+            else:
+                blocks = pdf_tables.page_blocks(page, textpage, number, tables)
+            textpage.close()
             page.close()
-            texts.append(text.replace("\r\n", "\n"))
+            pages.append(blocks or [text.replace("\r\n", "\n")])
     finally:
+        tables.close()
         pdf.close()
+    texts = pdf_tables.page_texts(pages)
     recognised = ocr.pdf_sections(path, scanned, report or ParseReport()) if scanned else {}
     for number, text in enumerate(texts, start=1):
         yield recognised.get(number) or Section(text, {"page": number})
@@ -845,7 +877,9 @@ def parse_text(path: Path, original_name: str) -> Iterator[Section]:
 def parse_eml(path: Path, original_name: str) -> Iterator[Section]:
     message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     metadata = {key: str(message[key]) for key in ("subject", "from", "to", "date") if message[key]}
-    body = message.get_body(preferencelist=("plain", "html")) if hasattr(message, "get_body") else None
+    # The HTML part when there is one: its tables and headings are flattened in the plain part
+    # (an Outlook .msg is read the same way, kb.legacy).
+    body = message.get_body(preferencelist=("html", "plain")) if hasattr(message, "get_body") else None
     if body is None:
         raise ParseError(f"{original_name} is an e-mail without a text body")
     content = body.get_content()
@@ -883,7 +917,20 @@ def _epub_spine(archive: zipfile.ZipFile) -> list[str]:
     ]
 
 
+def _legacy_parser(kind: str) -> Callable[[Path, str], Iterator[Section]]:
+    """A reader of the long tail (kb.legacy: LibreOffice or unstructured in a child process)."""
+
+    def parser(path: Path, original_name: str) -> Iterator[Section]:
+        from kb import legacy
+
+        yield from legacy.sections(path, kind, original_name)
+
+    return parser
+
+
+LEGACY_KINDS = ("doc", "ppt", "xls", "msg", "encrypted-office", "odt", "odp", "ods", "rtf", "rst", "org")
 PARSERS: dict[str, Callable[[Path, str], Iterator[Section]]] = {
+    **{kind: _legacy_parser(kind) for kind in LEGACY_KINDS},
     "pdf": parse_pdf,
     "docx": parse_docx,
     "pptx": parse_pptx,

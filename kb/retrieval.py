@@ -110,7 +110,13 @@ def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchReques
 
 
 def _filters(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> tuple[str, list[Any]]:
-    clauses = ["(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"]
+    """Every search's WHERE: the knowledge bases' live generations, less the chunks a member
+    disabled (kb.chunk_edits). A filter, not part of the HNSW indexes' predicate: an iterative
+    scan skips disabled rows as it skips other knowledge bases' rows."""
+    clauses = [
+        "(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))",
+        "NOT c.disabled",
+    ]
     params: list[Any] = [[kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]]
     if request.document_ids:
         clauses.append("c.document_id = ANY(%s)")
@@ -246,7 +252,8 @@ def _term_weights(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) ->
     kb_ids, generations = [kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]
     sql = (
         "SELECT u.term, (SELECT count(*) FROM kb_chunk c WHERE c.search_vector @@ to_tsquery('simple', u.q) "
-        "AND (c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))) "
+        "AND (c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[])) "
+        "AND NOT c.disabled) "
         "FROM unnest(%s::text[], %s::text[]) AS u(term, q)"
     )
     with connection.cursor() as cursor:

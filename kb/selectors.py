@@ -9,7 +9,7 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import ApiKey, Role, User
 from accounts.selectors import team_scoped
-from kb.models import Chunk, Document, KnowledgeBase
+from kb.models import Chunk, ChunkEdit, Document, KnowledgeBase, WebSource
 
 
 def knowledge_bases_visible(
@@ -29,3 +29,11 @@ def documents_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | No
 
 def chunks_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Chunk]:
     return Chunk.objects.filter(knowledge_base__in=knowledge_bases_visible(user=user, api_key=api_key))
+
+
+def chunk_edits_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[ChunkEdit]:
+    return ChunkEdit.objects.filter(document__in=documents_visible(user=user, api_key=api_key))
+
+
+def web_sources_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[WebSource]:
+    return WebSource.objects.filter(knowledge_base__in=knowledge_bases_visible(user=user, api_key=api_key))

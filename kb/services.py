@@ -389,7 +389,7 @@ def documents_add(*, kb: KnowledgeBase, files: Sequence[IncomingFile], rejected:
                 content_type=incoming.kind,
             )
             with open(incoming.path, "rb") as handle:
-                document.file.save(incoming.name, File(handle), save=False)
+                document.file.save(incoming.stored_as or incoming.name, File(handle), save=False)
             document.save()
             result.created.append(document)
     if result.created:
@@ -413,6 +413,35 @@ def documents_upload(*, kb: KnowledgeBase, uploads: Iterable[tuple[IO[bytes], st
 def document_reindex(*, document: Document) -> Document:
     dispatch.requeue(Document.objects.filter(pk=document.pk))
     transaction.on_commit(_dispatch_soon)
+    document.refresh_from_db()
+    return document
+
+
+def document_replace_file(*, document: Document, incoming: IncomingFile) -> Document:
+    """A new version of a document's file (a web page that changed): stored in place of the old
+    one, and the document queued to be built again through the usual ingestion, which replaces
+    its chunks when it is done (search keeps the old ones until then). The team's storage quota
+    counts the new file whole. KnowledgeBaseError when the knowledge base holds this content
+    already as another document."""
+    with storage_reserved(kb=document.knowledge_base, files=[incoming]), transaction.atomic():
+        document = Document.objects.select_for_update().get(pk=document.pk)
+        twin = (
+            Document.objects.filter(knowledge_base_id=document.knowledge_base_id, sha256=incoming.sha256)
+            .exclude(pk=document.pk)
+            .first()
+        )
+        if twin is not None:
+            raise KnowledgeBaseError(f"the knowledge base holds this content already, as {twin.original_name}")
+        old_name = document.file.name or ""
+        with open(incoming.path, "rb") as handle:
+            document.file.save(incoming.stored_as or incoming.name, File(handle), save=False)
+        document.sha256 = incoming.sha256
+        document.size_bytes = incoming.size_bytes
+        document.content_type = incoming.kind
+        document.save(update_fields=["file", "sha256", "size_bytes", "content_type", "updated_at"])
+        dispatch.requeue_replaced(Document.objects.filter(pk=document.pk))
+        transaction.on_commit(lambda: _delete_files([old_name]))
+        transaction.on_commit(_dispatch_soon)
     document.refresh_from_db()
     return document
 

@@ -12,6 +12,7 @@ from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from kb.ingestion import document_process, documents_dispatch
 from kb.services import kb_index_vectors, vector_index_ensure
+from kb.web_sources import web_source_sync, web_sources_queue_due
 from models_registry.models import ModelKind, ModelRegistration
 from models_registry.providers.base import ProviderError
 
@@ -92,3 +93,25 @@ def vector_index_soon(registration_id: int) -> None:
         vector_index_ensure_task.delay(registration_id)
     except BrokerUnavailable:
         logger.warning("could not queue the vector index for model %s: the broker is unavailable", registration_id)
+
+
+@shared_task(name="kb.web_sync", ignore_result=True)
+def web_sync(source_id: int) -> None:
+    """One sync of a web source (kb.web_sources); a message delivered twice finds it claimed."""
+    web_source_sync(source_id=source_id)
+
+
+def web_sync_soon(source_id: int) -> None:
+    """With the broker down this is logged, not raised: the source stays queued, and beat's
+    `kb-web-sync` queues it again once it has waited STALE_AFTER_S."""
+    try:
+        web_sync.delay(source_id)
+    except BrokerUnavailable:
+        logger.warning("could not queue the sync of web source %s: the broker is unavailable", source_id)
+
+
+@shared_task(name="kb.web_sync_due", ignore_result=True)
+def web_sync_due() -> None:
+    """Beat's `kb-web-sync`: queue the syncs that are due, and those whose worker was lost."""
+    for source_id in web_sources_queue_due():
+        web_sync_soon(source_id)

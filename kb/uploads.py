@@ -39,6 +39,8 @@ class IncomingFile:
     sha256: str
     size_bytes: int
     kind: str
+    # The file's name in storage when `name` cannot be one (a web page's URL); empty: `name`.
+    stored_as: str = ""
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,8 @@ def celery_worker(django_db_setup: None, django_db_blocker: pytest.FixtureReques
         # Webhook receivers in the tests listen on loopback; retries should not take minutes.
         "OUTBOUND_ALLOWED_NETWORKS": ",".join(TEST_ALLOWED_NETWORKS),
         "WEBHOOK_RETRY_BASE_S": "0.5",
+        # Web sources' test sites (tests/test_kb_web_sources.py) need no pause between requests.
+        "KB_WEB_HOST_DELAY_S": "0",
     }
     # Drop messages a previous, interrupted run may have left so this run starts clean.
     celery_app.control.purge()

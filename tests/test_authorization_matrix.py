@@ -14,8 +14,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.postgres.search import SearchVector
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import Value
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
@@ -28,8 +30,9 @@ from datasources.models import DataSource
 from datasources.services import data_source_create
 from evaluation.models import EvaluationItem, EvaluationRun, EvaluationSet
 from evaluation.services import evaluation_set_create, item_create, run_create
+from finetune.models import Dataset, GoldAnswer
 from integrations.models import Webhook
-from kb.models import Document, KnowledgeBase
+from kb.models import Chunk, ChunkEdit, Document, KnowledgeBase, WebSource
 from kb.services import kb_create
 from models_registry.models import ModelRegistration, Provider
 from models_registry.services import provider_create, registration_create
@@ -38,6 +41,15 @@ from tests.conftest import member_of
 from tests.factories import TeamFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limits(settings: Any) -> None:
+    """One key tries every operation, more than a minute's requests allow: this file tests who
+    may, not how often (tests/test_team_admin_api.py tests the limits)."""
+    settings.API_RATE_LIMIT_KEY_PER_MINUTE = 100_000
+    settings.API_RATE_LIMIT_TEAM_PER_MINUTE = 100_000
+
 
 ALL_SCOPES = [Scope.READ, Scope.WRITE, Scope.CHAT, Scope.ADMIN]
 UNSAFE = {"post", "put", "patch", "delete"}
@@ -93,6 +105,20 @@ def build_world(label: str = "", team: Team | None = None) -> World:
         content_type="text/plain",
         status="ready",
     )
+    chunk = Chunk.objects.create(
+        knowledge_base=kb,
+        document=document,
+        generation=kb.generation,
+        ordinal=0,
+        text=f"{label}hello",
+        dims=384,
+        embedding=[0.01] * 384,
+        search_vector=SearchVector(Value("hello"), config="simple"),
+    )
+    # An edit no chunk carries (its original is gone): deleting it calls no model.
+    chunk_edit = ChunkEdit.objects.create(
+        document=document, team=team, original_sha256="0" * 64, original_text=f"{label}gone", disabled=True
+    )
     assistant = assistant_create(team=team, name=f"{label}Helper", llm=llm)
     room = conversation_create(team=team, owner=member, assistant=assistant, is_room=True)
     message = Message.objects.create(conversation=room, role=Message.Role.USER, author=member, content="hi")
@@ -103,16 +129,26 @@ def build_world(label: str = "", team: Team | None = None) -> World:
         evaluation_set=evaluation_set, data={"question": "hi?", "expected_document": document.original_name}
     )
     run = run_create(evaluation_set=evaluation_set, modes=["fulltext"], top_k=5)
+    web_source = WebSource.objects.create(
+        team=team, knowledge_base=kb, url="https://docs.example.com/sitemap.xml", max_pages=10, status="synced"
+    )
     data_source = data_source_create(
         team=team, name=f"{label}Data", kind="sqlite", sqlite_file=SimpleUploadedFile("t.sqlite", tiny_sqlite())
+    )
+    # A member's dataset: its owners and admins see it, viewers do not (finetune.selectors).
+    dataset = Dataset.objects.create(
+        team=team, created_by=member, builder_role=Role.MEMBER, name=f"{label}Set", version=1, format="alpaca"
     )
     return World(
         team_id=team.pk,
         ids={
             "api-keys": key.pk,
             "assistants": assistant.pk,
+            "chunk-edits": chunk_edit.pk,
+            "chunks": chunk.pk,
             "conversations": room.pk,
             "data-sources": data_source.pk,
+            "datasets": dataset.pk,
             "documents": document.pk,
             "evaluation-items": item.pk,
             "evaluation-runs": run.pk,
@@ -123,6 +159,7 @@ def build_world(label: str = "", team: Team | None = None) -> World:
             "providers": provider.pk,
             "teams": team.pk,
             "webhooks": webhook.pk,
+            "web-sources": web_source.pk,
         },
         member_id=member.pk,
         newcomer_username=UserFactory.create().username,
@@ -171,10 +208,13 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         },
         "/api/v1/data-sources/{id}/": {"name": "Renamed", "description": "d"},
         "/api/v1/data-sources/{id}/query/": {"sql": "SELECT id FROM t"},
+        "/api/v1/datasets/": {"name": "Exported", "format": "alpaca", "filters": {"feedback": "any"}, "team": team},
         "/api/v1/knowledge-bases/": {"name": "KB2", "embedding_model": world.embedding_id, "team": team},
         "/api/v1/knowledge-bases/{id}/": {"name": "Renamed", "embedding_model": world.embedding_id},
         "/api/v1/knowledge-bases/{id}/search/": {"query": "hello", "mode": "fulltext"},
+        "/api/v1/chunks/{id}/": {"disabled": True},
         "/api/v1/knowledge-bases/{id}/evaluation-sets/": {"name": "Set2"},
+        "/api/v1/knowledge-bases/{id}/web-sources/": {"url": "http://127.0.0.1:9/docs/", "kind": "page"},
         "/api/v1/knowledge-bases/{id}/rebuild-decision/": {"decision": "keep"},
         "/api/v1/evaluation-sets/{id}/": {"name": "Renamed", "gate_threshold": 0.05},
         "/api/v1/evaluation-sets/{id}/items/": {"question": "how?", "expected_document": document_name},
@@ -183,6 +223,7 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/evaluation-sets/{id}/from-message/": {"message": world.ids["messages"]},
         "/api/v1/evaluation-items/{id}/": {"question": "why?", "expected_document": document_name},
         "/api/v1/messages/{id}/feedback/": {"value": 1},
+        "/api/v1/messages/{id}/gold/": {"text": "A better answer."},
         "/api/v1/models/": {"provider": world.provider_id, "kind": "llm", "name": "M2", "provider_model_uid": "m2"},
         "/api/v1/models/{id}/": {
             "provider": world.provider_id,
@@ -207,7 +248,8 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/v1/embeddings": {"model": world.embedding_name, "input": "hi"},
     }
     if method in ("get", "delete") or (
-        path not in bodies and re.search(r"/(launch|terminate|test|stop|rebuild|reindex|regenerate|schema)/$", path)
+        path not in bodies
+        and re.search(r"/(launch|terminate|test|stop|rebuild|reindex|regenerate|schema|sync)/$", path)
     ):
         return None, "json"
     return bodies[path], "json"
@@ -244,6 +286,10 @@ def counts(team_id: int) -> dict[str, int]:
             EvaluationItem,
             EvaluationRun,
             DataSource,
+            WebSource,
+            ChunkEdit,
+            Dataset,
+            GoldAnswer,
         )
     }
 
@@ -293,8 +339,8 @@ def test_a_viewer_reads_but_cannot_change_anything() -> None:
             continue
         before = counts(world.team_id)
         response = call(client, method, path, world)
-        # 404 where the viewer cannot see the target at all (another member's API key).
-        allowed = {403, 404} if path.startswith("/api/v1/api-keys/{id}") else {403}
+        # 404 where the viewer cannot see the target at all (another member's API key, a member's dataset).
+        allowed = {403, 404} if path.startswith(("/api/v1/api-keys/{id}", "/api/v1/datasets/{id}")) else {403}
         if response.status_code not in allowed or counts(world.team_id) != before:
             failures.append((method, path, response.status_code, response.content[:200]))
     assert failures == []
@@ -354,6 +400,8 @@ NOT_REFERENCES = {
     "rate_limit_per_minute",
     "expires_days",
     "per_document",
+    "max_pages",
+    "sync_interval_hours",
 }
 # A reference of the wrong kind within the caller's own team.
 WRONG_KIND = {"llm": "embedding", "embedding": "llm", "rerank": "llm"}
@@ -408,6 +456,10 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
         EvaluationItem,
         EvaluationRun,
         DataSource,
+        WebSource,
+        ChunkEdit,
+        Dataset,
+        GoldAnswer,
     ):
         rows[model.__name__] = [
             {key: value for key, value in row.items() if key not in moving}
@@ -455,6 +507,14 @@ def broken_references() -> list[str]:
     for registration in ModelRegistration.objects.select_related("provider"):
         if registration.provider.team_id != registration.team_id:
             broken.append(f"model {registration.pk} -> provider {registration.provider_id}")
+    for dataset in Dataset.objects.all():
+        for field, model in (("assistant", Assistant), ("knowledge_base", KnowledgeBase)):
+            named = dataset.filters.get(field)
+            if named is not None and not model.objects.filter(pk=named, team_id=dataset.team_id).exists():
+                broken.append(f"dataset {dataset.pk} -> {field} {named}")
+    for gold in GoldAnswer.objects.select_related("message__conversation"):
+        if gold.message.conversation.team_id != gold.team_id:
+            broken.append(f"gold answer {gold.pk} -> message {gold.message_id}")
     return broken
 
 

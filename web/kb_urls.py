@@ -3,13 +3,27 @@ knowledge base's evaluation pages under <pk>/evaluation/."""
 
 from django.urls import path
 
-from web.views import evaluation, kb
+from web.views import documents, evaluation, kb, kb_web_sources
 
 urlpatterns = [
     path("", kb.kb_list, name="kb-list"),
     path("new/", kb.kb_create_view, name="kb-create"),
     path("<int:pk>/", kb.kb_detail, name="kb-detail"),
     path("<int:pk>/rebuild-decision/", kb.kb_rebuild_decision, name="kb-rebuild-decision"),
+    path("<int:pk>/web-sources/", kb_web_sources.web_source_add, name="web-source-add"),
+    path("<int:pk>/web-sources/<int:source_id>/sync/", kb_web_sources.web_source_sync, name="web-source-sync"),
+    path("<int:pk>/web-sources/<int:source_id>/delete/", kb_web_sources.web_source_remove, name="web-source-delete"),
+    path("<int:pk>/documents/<int:document_id>/", documents.document_page, name="kb-document"),
+    path(
+        "<int:pk>/documents/<int:document_id>/chunks/<int:chunk_id>/",
+        documents.chunk_edit_view,
+        name="kb-chunk-edit",
+    ),
+    path(
+        "<int:pk>/documents/<int:document_id>/edits/<int:edit_id>/delete/",
+        documents.chunk_edit_delete_view,
+        name="kb-chunk-edit-delete",
+    ),
     path("<int:pk>/evaluation/", evaluation.evaluation_page, name="kb-evaluation"),
     path("<int:pk>/evaluation/sets/", evaluation.evaluation_set_create_view, name="evaluation-set-create"),
     path("<int:pk>/evaluation/sets/<int:set_id>/", evaluation.evaluation_set_page, name="evaluation-set"),

@@ -6,41 +6,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0007_quota_reservation'),
-        ('kb', '0008_chunking_defaults_1000'),
+        ("accounts", "0007_quota_reservation"),
+        ("kb", "0008_chunking_defaults_1000"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='chunk',
-            name='disabled',
+            model_name="chunk",
+            name="disabled",
             field=models.BooleanField(db_default=False, default=False),
         ),
         migrations.AddField(
-            model_name='document',
-            name='notice',
-            field=models.TextField(blank=True, default=''),
+            model_name="document",
+            name="notice",
+            field=models.TextField(blank=True, default=""),
         ),
         migrations.CreateModel(
-            name='ChunkEdit',
+            name="ChunkEdit",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('original_sha256', models.CharField(max_length=64)),
-                ('original_text', models.TextField()),
-                ('text', models.TextField(blank=True, default='', help_text='The corrected text; empty keeps the original.')),
-                ('disabled', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('document', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chunk_edits', to='kb.document')),
-                ('edited_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='chunk_edits', to=settings.AUTH_USER_MODEL)),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='chunk_edits', to='accounts.team')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("original_sha256", models.CharField(max_length=64)),
+                ("original_text", models.TextField()),
+                (
+                    "text",
+                    models.TextField(blank=True, default="", help_text="The corrected text; empty keeps the original."),
+                ),
+                ("disabled", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "document",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="chunk_edits", to="kb.document"
+                    ),
+                ),
+                (
+                    "edited_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="chunk_edits",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="chunk_edits", to="accounts.team"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['pk'],
-                'constraints': [models.UniqueConstraint(fields=('document', 'original_sha256'), name='chunk_edit_unique_original')],
+                "ordering": ["pk"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("document", "original_sha256"), name="chunk_edit_unique_original")
+                ],
             },
         ),
     ]

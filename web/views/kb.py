@@ -181,6 +181,8 @@ def has_role(request: HttpRequest, kb: KnowledgeBase, role: Role) -> bool:
 
 @login_required
 def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    from web.views.kb_web_sources import web_sources_context  # it builds on this module's helpers
+
     kb = knowledge_base_for(request, pk, switch_team=True)
     documents = list(Document.objects.filter(knowledge_base=kb).order_by("-pk")[:DOCUMENTS_SHOWN])
     counts = Document.objects.filter(knowledge_base=kb).aggregate(
@@ -203,6 +205,7 @@ def kb_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "hit_sets": list(kb.evaluation_sets.order_by("name")) if can_decide else [],
             "status_labels": STATUS_LABELS,
             "search_modes": SEARCH_MODES,
+            **web_sources_context(request, kb),
         },
     )
 
