@@ -46,6 +46,7 @@ def _outbound_loopback_allowed(settings) -> None:
 LONGEST_FILES_FIRST = (
     "test_supervisor.py",
     "test_chat.py",
+    "test_kb_legacy_formats.py",
     "test_drills.py",
     "test_evaluation.py",
     "test_kb_hostile.py",
