@@ -118,6 +118,13 @@ def document_page(request: HttpRequest, pk: int, document_id: int) -> HttpRespon
     )
 
 
+def _unless_editor(request: HttpRequest, kb: KnowledgeBase) -> HttpResponse | None:
+    """The 403 for someone who may read the document but not edit its chunks; None for an editor."""
+    if has_role(request, kb, EDIT_ROLE):
+        return None
+    return HttpResponse(_("Only the team's members, admins and owners may edit chunks: ask one of them."), status=403)
+
+
 def _back(kb: KnowledgeBase, document: Document, request: HttpRequest, anchor: str = "") -> HttpResponse:
     url = reverse("web:kb-document", args=[kb.pk, document.pk])
     page = _page_number(request.POST.get("page"))
@@ -130,10 +137,8 @@ def chunk_edit_view(request: HttpRequest, pk: int, document_id: int, chunk_id: i
     """One chunk's form: `action` save (with `text`), disable, enable or revert."""
     kb = knowledge_base_for(request, pk)
     document = _document(kb, document_id)
-    if not has_role(request, kb, EDIT_ROLE):
-        return HttpResponse(
-            _("Only the team's members, admins and owners may edit chunks: ask one of them."), status=403
-        )
+    if (refused := _unless_editor(request, kb)) is not None:
+        return refused
     chunk = Chunk.objects.filter(document=document, pk=chunk_id).first()
     if chunk is None:
         messages.error(request, _("That chunk is gone (the document was rebuilt meanwhile): edit the new one."))
@@ -171,10 +176,8 @@ def chunk_edit_delete_view(request: HttpRequest, pk: int, document_id: int, edit
     text back."""
     kb = knowledge_base_for(request, pk)
     document = _document(kb, document_id)
-    if not has_role(request, kb, EDIT_ROLE):
-        return HttpResponse(
-            _("Only the team's members, admins and owners may edit chunks: ask one of them."), status=403
-        )
+    if (refused := _unless_editor(request, kb)) is not None:
+        return refused
     edit = ChunkEdit.objects.filter(document=document, pk=edit_id).first()
     if edit is None:
         raise Http404(_("No such edit."))
