@@ -342,11 +342,20 @@ def _history(conversation: Conversation, before_id: int) -> list[Message]:
 
 
 def invoke_metered(
-    *, llm: ModelRegistration, prompt: list[BaseMessage], max_tokens: int, team_id: int, user_id: int
+    *,
+    llm: ModelRegistration,
+    prompt: list[BaseMessage],
+    max_tokens: int,
+    team_id: int,
+    user_id: int,
+    temperature: float | None = None,
 ) -> BaseMessage:
     """One whole (not streamed) model call for the platform's own needs (summary, title, drafts),
-    metered to the team and user it serves."""
-    answer = chat_model_for(llm).invoke(prompt, max_tokens=max_tokens)
+    metered to the team and user it serves. `temperature`: the server's default unless given."""
+    options: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        options["temperature"] = temperature
+    answer = chat_model_for(llm).invoke(prompt, **options)
     usage = getattr(answer, "usage_metadata", None) or {}
     usage_record(
         team_id=team_id,

@@ -6,7 +6,7 @@ from accounts.api import ApiKeyViewSet, TeamViewSet, UsageViewSet
 from chat.api import AssistantViewSet, ConversationViewSet
 from datasources.api import DataSourceViewSet
 from evaluation.api import EvaluationItemViewSet, EvaluationRunViewSet, EvaluationSetViewSet
-from finetune.api import DatasetViewSet
+from finetune.api import AdapterViewSet, ComparisonViewSet, DatasetViewSet
 from integrations.api import WebhookViewSet
 from kb.api import ChunkEditViewSet, ChunkViewSet, DocumentViewSet, KnowledgeBaseViewSet
 from kb.web_api import WebSourceViewSet
@@ -31,5 +31,7 @@ router.register("conversations", ConversationViewSet, basename="conversation")
 router.register("webhooks", WebhookViewSet, basename="webhook")
 router.register("data-sources", DataSourceViewSet, basename="data-source")
 router.register("datasets", DatasetViewSet, basename="dataset")
+router.register("adapters", AdapterViewSet, basename="adapter")
+router.register("comparisons", ComparisonViewSet, basename="comparison")
 
 urlpatterns = router.urls

@@ -216,6 +216,7 @@ CELERY_TASK_ROUTES = {
     "evaluation.draft": {"queue": "llm"},
     "evaluation.*": {"queue": "default"},
     # A dataset build reads every message of a team: a long batch job, beside ingestion.
+    "finetune.compare": {"queue": "llm"},
     "finetune.*": {"queue": "ingest"},
 }
 CELERY_BEAT_SCHEDULE = {
@@ -382,6 +383,8 @@ KB_CONVERT_MAX_MEMORY_MB = env.int("KB_CONVERT_MAX_MEMORY_MB", default=2048)
 # Web sources (kb.web_sources): pages a source fetches at most (a source may ask for fewer), the
 # pause between two requests to one host, each request's time limit, the largest page or sitemap
 # read (a larger one fails), and the User-Agent sent and matched against robots.txt.
+# Where the embedded Xinference may load LoRA adapters from (finetune.adapters).
+FINETUNE_ADAPTER_DIR = Path(env.str("FINETUNE_ADAPTER_DIR", default=str(VAR_DIR / "adapters")))
 KB_WEB_MAX_PAGES = env.int("KB_WEB_MAX_PAGES", default=200)
 KB_WEB_HOST_DELAY_S = env.float("KB_WEB_HOST_DELAY_S", default=1.0)
 KB_WEB_TIMEOUT_S = env.float("KB_WEB_TIMEOUT_S", default=20.0)

@@ -105,6 +105,7 @@ class EvaluationRunSerializer(serializers.ModelSerializer):
             "top_k",
             "rerank_model",
             "answer_scoring",
+            "answer_model",
             "generation",
             "candidate_generation",
             "metrics",

@@ -102,6 +102,10 @@ class EvaluationRun(models.Model):
     rerank_model = models.ForeignKey(
         "models_registry.ModelRegistration", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
+    # The model that answers with answer scoring; none: the team's default chat model.
+    answer_model = models.ForeignKey(
+        "models_registry.ModelRegistration", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     generation = models.PositiveIntegerField(help_text="The knowledge base generation scored.")
     candidate_generation = models.PositiveIntegerField(null=True, blank=True)
     document_count = models.PositiveIntegerField(default=0)

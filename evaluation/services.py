@@ -304,10 +304,11 @@ def run_start(
     trigger: str = RunTrigger.MANUAL,
     created_by: User | None = None,
     answer_scoring: bool = False,
+    answer_model: ModelRegistration | None = None,
 ) -> EvaluationRun:
-    """A run queued for a worker: on the `default` queue, or on `llm` beside chat when the team's
-    model answers too (answer scoring)."""
-    if answer_scoring and (created_by is None or _answer_model(evaluation_set) is None):
+    """A run queued for a worker: on the `default` queue, or on `llm` beside chat when a model
+    answers too (answer scoring: `answer_model`, else the team's default chat model)."""
+    if answer_scoring and (created_by is None or (answer_model or _team_chat_model(evaluation_set)) is None):
         raise EvaluationError("answer scoring needs the team's default chat model and a person who asks for it")
     run = run_create(
         evaluation_set=evaluation_set,
@@ -317,13 +318,18 @@ def run_start(
         trigger=trigger,
         created_by=created_by,
         answer_scoring=answer_scoring,
+        answer_model=answer_model,
     )
     transaction.on_commit(partial(_execute_soon, run.pk, answer_scoring))
     return run
 
 
-def _answer_model(evaluation_set: EvaluationSet) -> ModelRegistration | None:
+def _team_chat_model(evaluation_set: EvaluationSet) -> ModelRegistration | None:
     return team_default_model(team=evaluation_set.team, kind=ModelKind.LLM)
+
+
+def _answer_model(run: EvaluationRun) -> ModelRegistration | None:
+    return run.answer_model or _team_chat_model(run.evaluation_set)
 
 
 def run_create(
@@ -336,6 +342,7 @@ def run_create(
     created_by: User | None = None,
     candidate_generation: int | None = None,
     answer_scoring: bool = False,
+    answer_model: ModelRegistration | None = None,
 ) -> EvaluationRun:
     if not 1 <= top_k <= 100:
         raise EvaluationError("top_k must be between 1 and 100")
@@ -343,6 +350,10 @@ def run_create(
         rerank_model.team_id != evaluation_set.team_id or rerank_model.kind != ModelKind.RERANK
     ):
         raise EvaluationError(f"rerank_model: no rerank model with id {rerank_model.pk} in this team")
+    if answer_model is not None and (
+        answer_model.team_id != evaluation_set.team_id or answer_model.kind != ModelKind.LLM
+    ):
+        raise EvaluationError(f"answer_model: no chat model with id {answer_model.pk} in this team")
     if not accepted_items(evaluation_set).exists():
         raise EvaluationError("the set has no accepted questions: add or accept some first")
     kb = evaluation_set.knowledge_base
@@ -358,6 +369,7 @@ def run_create(
         candidate_generation=candidate_generation,
         created_by=created_by,
         answer_scoring=answer_scoring,
+        answer_model=answer_model,
     )
 
 
@@ -385,7 +397,12 @@ def _claim(run_id: int) -> EvaluationRun | None:
     with transaction.atomic():
         run = (
             EvaluationRun.objects.select_for_update(of=("self",))
-            .select_related("evaluation_set", "knowledge_base__embedding_model__provider", "rerank_model__provider")
+            .select_related(
+                "evaluation_set",
+                "knowledge_base__embedding_model__provider",
+                "rerank_model__provider",
+                "answer_model__provider",
+            )
             .filter(pk=run_id, status__in=(RunStatus.QUEUED, RunStatus.RUNNING))
             .first()
         )
@@ -434,7 +451,7 @@ def run_execute(*, run_id: int, on_progress: Callable[[int, int], None] | None =
     baseline_outcomes: list[metrics.QuestionOutcome] = []
     results: list[EvaluationResult] = []
     answer_scores: list[AnswerScore] = []
-    llm = _answer_model(run.evaluation_set) if run.answer_scoring and run.created_by_id else None
+    llm = _answer_model(run) if run.answer_scoring and run.created_by_id else None
     try:
         for index, item in enumerate(items, start=1):
             result = EvaluationResult(

@@ -1,5 +1,6 @@
-"""/api/v1/datasets/ (build, list, poll, download, delete) and /api/v1/messages/{id}/gold/ (a
-reviewer's gold answer). Who builds from whose conversations, and who sees a dataset:
+"""/api/v1/datasets/ (build, list, poll, download, delete, register an adapter trained on one),
+/api/v1/adapters/ and /api/v1/comparisons/ (an adapter against its base model), and
+/api/v1/messages/{id}/gold/ (a reviewer's gold answer). Who builds from whose conversations, and who sees a dataset:
 finetune.selectors."""
 
 from __future__ import annotations
@@ -18,8 +19,23 @@ from rest_framework.views import APIView
 
 from accounts.models import ApiKey, Role, User
 from accounts.selectors import has_team_role
-from finetune.models import Dataset, DatasetFormat, GoldAnswer
-from finetune.selectors import answer_for_review, datasets_visible, reviewable, role_in
+from evaluation.api import EvaluationRunSerializer
+from finetune.adapters import (
+    DEFAULT_COMPARISON_ROWS,
+    MAX_COMPARISON_ROWS,
+    adapter_delete,
+    adapter_register,
+    comparison_start,
+)
+from finetune.models import Adapter, Comparison, ComparisonRun, Dataset, DatasetFormat, GoldAnswer
+from finetune.selectors import (
+    adapters_visible,
+    answer_for_review,
+    comparisons_visible,
+    datasets_visible,
+    reviewable,
+    role_in,
+)
 from finetune.services import (
     FEEDBACK_CHOICES,
     MAX_GOLD_CHARS,
@@ -31,6 +47,7 @@ from finetune.services import (
     gold_answer_delete,
     gold_answer_set,
 )
+from models_registry.models import ModelRegistration
 from restapi.serializers import StrictFieldsMixin, validated
 from restapi.viewsets import TeamScopedViewSet
 
@@ -64,6 +81,12 @@ class DatasetInputSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=200, help_text="Building a name again makes its next version.")
     format = serializers.CharField(help_text=f"One of {', '.join(DatasetFormat.values)}.")
     filters = DatasetFiltersSerializer(required=False)
+    holdout = serializers.IntegerField(
+        required=False,
+        default=0,
+        help_text="Percent of conversations (0-50) kept out of the training file, in heldout.jsonl, for comparing "
+        "a trained adapter with its base model. Supervised formats only.",
+    )
 
 
 class DatasetSerializer(serializers.ModelSerializer):
@@ -76,6 +99,7 @@ class DatasetSerializer(serializers.ModelSerializer):
             "version",
             "format",
             "filters",
+            "holdout_percent",
             "status",
             "progress",
             "counts",
@@ -95,6 +119,39 @@ class DatasetDetailSerializer(DatasetSerializer):
 
     class Meta(DatasetSerializer.Meta):
         fields = [*DatasetSerializer.Meta.fields, "preview"]
+        read_only_fields = fields
+
+
+class AdapterInputSerializer(StrictFieldsMixin, serializers.Serializer):
+    name = serializers.CharField(max_length=120, help_text="The adapter's model name, e.g. support-answers-v3.")
+    base_model = serializers.IntegerField(help_text="The id of the team's chat model the adapter was trained on.")
+    path = serializers.CharField(
+        max_length=1000,
+        help_text="The adapter's folder on the model server (peft's save_pretrained output, safetensors). On the "
+        "local Xinference: under FINETUNE_ADAPTER_DIR.",
+    )
+
+
+class AdapterSerializer(serializers.ModelSerializer):
+    name = serializers.CharField(source="registration.name", read_only=True)
+    status = serializers.CharField(source="registration.status", read_only=True)
+    last_error = serializers.CharField(source="registration.last_error", read_only=True)
+
+    class Meta:
+        model = Adapter
+        fields = [
+            "id",
+            "team",
+            "dataset",
+            "name",
+            "base_model",
+            "registration",
+            "path",
+            "status",
+            "last_error",
+            "created_by",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -129,7 +186,12 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
         team = self.target_team(data.get("team"), Role.MEMBER)
         assert isinstance(request.user, User)
         dataset = dataset_start(
-            team=team, user=request.user, name=data["name"], format=data["format"], filters=data.get("filters")
+            team=team,
+            user=request.user,
+            name=data["name"],
+            format=data["format"],
+            filters=data.get("filters"),
+            holdout_percent=data["holdout"],
         )
         return Response({"id": dataset.pk, "status": dataset.status}, status=status.HTTP_202_ACCEPTED)
 
@@ -137,6 +199,36 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
         if instance.created_by_id != self.request.user.pk:
             self.require_role(instance.team_id, Role.ADMIN)
         dataset_delete(dataset=instance)
+
+    @extend_schema(methods=["GET"], request=None, responses=AdapterSerializer(many=True), description="Its adapters.")
+    @extend_schema(
+        methods=["POST"],
+        request=AdapterInputSerializer,
+        responses={201: AdapterSerializer},
+        description="Register a LoRA adapter trained on this dataset on its base model (admins and owners): a "
+        "model of its own in the registry, launched and kept running. The base must run on Xinference's "
+        "transformers or vLLM engine.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def adapters(self, request: Request, pk: str | None = None) -> Response:
+        dataset = self.get_object()
+        if request.method == "GET":
+            visible = adapters_visible(user=request.user, api_key=self.api_key).filter(dataset=dataset)
+            return Response(AdapterSerializer(visible, many=True).data)
+        self.require_role(dataset.team_id, Role.ADMIN)
+        data = validated(AdapterInputSerializer, request.data)
+        base_model = (
+            ModelRegistration.objects.select_related("provider")
+            .filter(pk=data["base_model"], team_id=dataset.team_id)
+            .first()
+        )
+        if base_model is None:
+            raise exceptions.ValidationError({"base_model": f"No model with id {data['base_model']} in this team."})
+        assert isinstance(request.user, User)
+        adapter = adapter_register(
+            dataset=dataset, base_model=base_model, name=data["name"], path=data["path"], user=request.user
+        )
+        return Response(AdapterSerializer(adapter).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         responses={
@@ -155,6 +247,133 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
             filename=dataset_archive_name(dataset),
             content_type="application/zip",
         )
+
+
+class ComparisonInputSerializer(StrictFieldsMixin, serializers.Serializer):
+    rows = serializers.IntegerField(
+        required=False,
+        default=DEFAULT_COMPARISON_ROWS,
+        help_text=f"Held-back questions to ask both models (0-{MAX_COMPARISON_ROWS}).",
+    )
+    evaluation_sets = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Evaluation sets to run once per model with answer scoring. Default: the sets of the knowledge "
+        "bases the dataset was built from (its knowledge-base filter, else its assistant's).",
+    )
+
+
+class ComparisonRunSerializer(serializers.ModelSerializer):
+    evaluation_set = serializers.IntegerField(source="base_run.evaluation_set_id", read_only=True)
+    base = EvaluationRunSerializer(source="base_run", read_only=True)
+    adapter = EvaluationRunSerializer(source="adapter_run", read_only=True)
+
+    class Meta:
+        model = ComparisonRun
+        fields = ["evaluation_set", "base", "adapter"]
+        read_only_fields = fields
+
+
+class ComparisonSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Comparison
+        fields = [
+            "id",
+            "team",
+            "adapter",
+            "status",
+            "progress",
+            "row_limit",
+            "evaluation_set_ids",
+            "metrics",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ComparisonDetailSerializer(ComparisonSerializer):
+    rows = serializers.JSONField(read_only=True, help_text="Each held-back question: both answers and their scores.")
+    evaluation_runs = ComparisonRunSerializer(many=True, read_only=True)
+
+    class Meta(ComparisonSerializer.Meta):
+        fields = [*ComparisonSerializer.Meta.fields, "rows", "evaluation_runs"]
+        read_only_fields = fields
+
+
+class AdapterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, TeamScopedViewSet):
+    """LoRA adapters registered from datasets (POST `datasets/{id}/adapters/`). Deleting one stops
+    its model and removes its registration. `{id}/comparisons/` compares it with its base model."""
+
+    queryset = Adapter.objects.all()
+    serializer_class = AdapterSerializer
+    filterset_fields = ["dataset", "base_model"]
+    action_roles = {"destroy": Role.ADMIN, "comparisons": Role.MEMBER}
+
+    def get_queryset(self) -> QuerySet[Adapter]:
+        return adapters_visible(user=self.request.user, api_key=self.api_key)
+
+    def perform_destroy(self, instance: Adapter) -> None:
+        adapter_delete(adapter=instance)
+
+    @extend_schema(
+        methods=["GET"], request=None, responses=ComparisonSerializer(many=True), description="Its comparisons."
+    )
+    @extend_schema(
+        methods=["POST"],
+        request=ComparisonInputSerializer,
+        responses={
+            202: inline_serializer(
+                "ComparisonQueued", {"id": serializers.IntegerField(), "status": serializers.CharField()}
+            )
+        },
+        description="Compare with the base model (admins and owners): a worker asks both the dataset's held-back "
+        "questions and runs the evaluation sets once per model. Poll `comparisons/{id}/`.",
+    )
+    @action(detail=True, methods=["get", "post"])
+    def comparisons(self, request: Request, pk: str | None = None) -> Response:
+        adapter = self.get_object()
+        if request.method == "GET":
+            visible = comparisons_visible(user=request.user, api_key=self.api_key).filter(adapter=adapter)
+            return Response(ComparisonSerializer(visible, many=True).data)
+        self.require_role(adapter.team_id, Role.ADMIN)
+        if (
+            adapter.dataset is None
+            or not datasets_visible(user=request.user, api_key=self.api_key).filter(pk=adapter.dataset_id).exists()
+        ):
+            raise exceptions.NotFound(
+                "The adapter's dataset is gone, or not one you may see: compare on a dataset you see."
+            )
+        data = validated(ComparisonInputSerializer, request.data)
+        assert isinstance(request.user, User)
+        comparison = comparison_start(
+            adapter=adapter, user=request.user, rows=data["rows"], evaluation_sets=data["evaluation_sets"]
+        )
+        return Response({"id": comparison.pk, "status": comparison.status}, status=status.HTTP_202_ACCEPTED)
+
+
+class ComparisonViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, TeamScopedViewSet):
+    """Base model against adapter: each held-back question with both answers and their scores
+    against the answer people kept (token F1, ROUGE-L), the means, and the evaluation runs of
+    each model side by side."""
+
+    queryset = Comparison.objects.all()
+    serializer_class = ComparisonSerializer
+    filterset_fields = ["adapter", "status"]
+
+    def get_queryset(self) -> QuerySet[Comparison]:
+        queryset = comparisons_visible(user=self.request.user, api_key=self.api_key)
+        if self.action == "retrieve":
+            return queryset.prefetch_related("evaluation_runs__base_run", "evaluation_runs__adapter_run")
+        return queryset
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer[Any]]:
+        return ComparisonDetailSerializer if self.action == "retrieve" else ComparisonSerializer
 
 
 class GoldInputSerializer(StrictFieldsMixin, serializers.Serializer):

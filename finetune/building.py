@@ -28,6 +28,7 @@ Where the rows come from:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -64,6 +65,7 @@ PROGRESS_EVERY = 1_000  # messages between progress reports
 PREVIEW_ROWS = 5
 MAX_PAIRS_PER_QUESTION = 4
 HARD_NEGATIVES = 3
+HELD_BACK_FILE = "heldout.jsonl"
 UNFINISHED = (MessageStatus.FAILED, MessageStatus.STOPPED, MessageStatus.STREAMING)
 
 
@@ -75,6 +77,7 @@ class BuildSuperseded(Exception):
 class Tally:
     messages_read: int = 0
     kept: int = 0
+    held_back: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     scrubbed: ScrubCounts = field(default_factory=ScrubCounts)
 
@@ -82,6 +85,7 @@ class Tally:
         return {
             "messages_read": self.messages_read,
             "kept": self.kept,
+            "held_back": self.held_back,
             "dropped": dict(sorted(self.dropped.items())),
             "scrubbed": self.scrubbed.as_dict(),
         }
@@ -216,6 +220,7 @@ class Builder:
         self.tally = Tally()
         self.preview: list[dict[str, Any]] = []
         self.data_path = folder / formats.FILE_NAMES[self.format]
+        self.held_back_path = folder / HELD_BACK_FILE
         self.exact = ExactDuplicates(folder / "seen.sqlite3")
         self.near = NearDuplicates()
         self.total = 0
@@ -360,7 +365,8 @@ class Builder:
         with self.data_path.open("w", encoding="utf-8") as out:
             write = self._writer(out)
             if self.format in formats.MULTI_TURN:
-                self._supervised(write)
+                with self.held_back_path.open("w", encoding="utf-8") as held_back_out:
+                    self._supervised(write, self._held_back_writer(held_back_out))
             elif self.format == DatasetFormat.DPO:
                 self._preference(write)
             else:
@@ -378,7 +384,17 @@ class Builder:
 
         return write
 
-    def _supervised(self, write: Callable[[dict[str, Any]], None]) -> None:
+    def _held_back_writer(self, out: IO[str]) -> Callable[[formats.Example], None]:
+        def hold_back(example: formats.Example) -> None:
+            out.write(json.dumps(held_back_row(example), ensure_ascii=False))
+            out.write("\n")
+            self.tally.held_back += 1
+
+        return hold_back
+
+    def _supervised(
+        self, write: Callable[[dict[str, Any]], None], hold_back: Callable[[formats.Example], None]
+    ) -> None:
         for answer, history in self.answers():
             selected = self.selected(answer)
             reason = self.drop_reason(answer) if selected else None
@@ -399,7 +415,10 @@ class Builder:
                         question=question,
                         answer=text,
                     )
-                    write(formats.sft_row(self.format, example))
+                    if is_held_back(answer.conversation_id, self.dataset.holdout_percent):
+                        hold_back(example)
+                    else:
+                        write(formats.sft_row(self.format, example))
             if remember:
                 history.append((question, text))
 
@@ -561,11 +580,46 @@ class Builder:
         }
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.write(self.data_path, arcname=self.data_path.name)
+            if self.held_back_path.exists():
+                archive.write(self.held_back_path, arcname=HELD_BACK_FILE)
             info = formats.dataset_info(self.format, key=dataset_info_key(self.dataset))
             if info is not None:
                 archive.writestr("dataset_info.json", json.dumps(info, ensure_ascii=False, indent=2))
             archive.writestr("report.json", json.dumps(report, ensure_ascii=False, indent=2))
         return path
+
+
+def is_held_back(conversation_id: int, percent: int) -> bool:
+    """Whether a conversation's rows go to the held-back file: by a hash of its id, so every
+    version and format of a team's datasets holds back the same conversations (an adapter trained
+    on one version is not compared on rows it learnt from), and a whole conversation at once (its
+    answers are in its later rows' history)."""
+    digest = hashlib.sha256(f"conversation:{conversation_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < percent
+
+
+def held_back_row(example: formats.Example) -> dict[str, Any]:
+    """A held-back question with what the model is shown and the answer people kept."""
+    return {
+        "system": example.system,
+        "history": [list(turn) for turn in example.history],
+        "question": example.question,
+        "reference": example.answer,
+    }
+
+
+def held_back_rows(dataset: Dataset, limit: int) -> list[dict[str, Any]]:
+    """The first `limit` held-back rows of a built dataset (an empty list if it has none)."""
+    with dataset.file.open("rb") as handle, zipfile.ZipFile(handle) as archive:
+        if HELD_BACK_FILE not in archive.namelist():
+            return []
+        rows: list[dict[str, Any]] = []
+        with archive.open(HELD_BACK_FILE) as lines:
+            for line in lines:
+                if len(rows) == limit:
+                    break
+                rows.append(json.loads(line))
+        return rows
 
 
 def dataset_info_key(dataset: Dataset) -> str:

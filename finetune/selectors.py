@@ -15,12 +15,12 @@ conversations they could build from."""
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from accounts.models import ROLE_RANK, ApiKey, Membership, Role, Team, User
 from accounts.selectors import team_ids_for, team_scoped
 from chat.models import Conversation, Message
-from finetune.models import Dataset
+from finetune.models import Adapter, Comparison, Dataset
 
 
 def role_in(*, team: Team | int, user: User) -> Role | None:
@@ -67,3 +67,45 @@ def answer_for_review(*, user: User, api_key: ApiKey | None, message_id: int) ->
 def reviewable(*, message: Message, user: User, role: Role) -> bool:
     conversation = message.conversation
     return conversations_in_scope(team=conversation.team, user=user, role=role).filter(pk=conversation.pk).exists()
+
+
+REVIEW_FILTERS = ("any", "up", "down", "gold")
+
+
+def answers_to_review(*, team: Team, user: User, role: Role, feedback: str = "any") -> QuerySet[Message]:
+    """The assistant answers `user` may review in `team` (those of the conversations they could
+    build from), newest first, each with `question`: the conversation's last user message before
+    it, as a dataset pairs them. `feedback`: any, up (👍), down (👎) or gold (has a gold answer)."""
+    question = Message.objects.filter(
+        conversation_id=OuterRef("conversation_id"), role=Message.Role.USER, pk__lt=OuterRef("pk")
+    ).order_by("-pk")
+    answers = (
+        Message.objects.filter(
+            conversation__in=conversations_in_scope(team=team, user=user, role=role), role=Message.Role.ASSISTANT
+        )
+        .annotate(question=Subquery(question.values("content")[:1]))
+        .select_related("gold_answer__reviewed_by", "conversation__owner")
+        .order_by("-pk")
+    )
+    if feedback == "up":
+        return answers.filter(feedback__gt=0)
+    if feedback == "down":
+        return answers.filter(feedback__lt=0)
+    if feedback == "gold":
+        return answers.filter(gold_answer__isnull=False)
+    return answers
+
+
+def adapters_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Adapter]:
+    """Every member sees the team's adapters (each is a model in the registry, seen there too)."""
+    return team_scoped(
+        Adapter.objects.select_related("registration", "base_model", "dataset"), user=user, api_key=api_key
+    )
+
+
+def comparisons_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Comparison]:
+    """A comparison shows held-back questions and answers of the dataset's conversations: it is
+    seen by those who see the dataset (none, once the dataset is deleted)."""
+    return team_scoped(Comparison.objects.all(), user=user, api_key=api_key).filter(
+        adapter__dataset__in=datasets_visible(user=user, api_key=api_key)
+    )

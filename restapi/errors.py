@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import OperationalError
+from django.db.models import ProtectedError
 from django.http import Http404, JsonResponse
 from psycopg_pool import PoolTimeout
 from rest_framework import exceptions
@@ -29,6 +30,12 @@ def _message(detail: Any) -> str:
     return str(detail)
 
 
+def _in_use_message(exc: ProtectedError) -> str:
+    """What still uses the object a delete would have removed, by kind and name."""
+    users = sorted({f"{type(obj)._meta.verbose_name} {obj}" for obj in list(exc.protected_objects)[:5]})
+    return f"Still in use by {', '.join(users)}: change or delete those first."
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response({"error": {"code": exc.code, "message": str(exc), "details": {}}}, status=exc.status_code)
@@ -42,6 +49,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         busy = Response({"error": {"code": "busy", "message": message, "details": {}}}, status=503)
         busy["Retry-After"] = "5"
         return busy
+    if isinstance(exc, ProtectedError):
+        return Response({"error": {"code": "in_use", "message": _in_use_message(exc), "details": {}}}, status=409)
     # Django's own exceptions become their DRF twins, so they get a proper code as well.
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -1,5 +1,5 @@
-"""The web app: chat, team rooms, knowledge bases (web.kb_urls), data sources (web.datasource_urls)
-and the account pages."""
+"""The web app: chat, team rooms, knowledge bases (web.kb_urls), data sources (web.datasource_urls),
+fine-tuning datasets (web.dataset_urls) and the account pages."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -28,4 +28,5 @@ urlpatterns = [
     path("documents/<int:document_id>/file/", chat.document_file, name="document-file"),
     path("kb/", include("web.kb_urls")),
     path("data/", include("web.datasource_urls")),
+    path("datasets/", include("web.dataset_urls")),
 ]
