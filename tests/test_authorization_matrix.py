@@ -30,7 +30,7 @@ from datasources.models import DataSource
 from datasources.services import data_source_create
 from evaluation.models import EvaluationItem, EvaluationRun, EvaluationSet
 from evaluation.services import evaluation_set_create, item_create, run_create
-from finetune.models import Dataset, GoldAnswer
+from finetune.models import Adapter, Comparison, Dataset, GoldAnswer
 from integrations.models import Webhook
 from kb.models import Chunk, ChunkEdit, Document, KnowledgeBase, WebSource
 from kb.services import kb_create
@@ -139,13 +139,21 @@ def build_world(label: str = "", team: Team | None = None) -> World:
     dataset = Dataset.objects.create(
         team=team, created_by=member, builder_role=Role.MEMBER, name=f"{label}Set", version=1, format="alpaca"
     )
+    # An adapter registered on the team's LLM from that dataset, and a comparison of it.
+    adapted = registration_create(provider=provider, kind="llm", name=f"{label}Adapted", provider_model_uid="lora")
+    adapter = Adapter.objects.create(
+        team=team, dataset=dataset, base_model=llm, registration=adapted, path="/srv/adapters/a"
+    )
+    comparison = Comparison.objects.create(team=team, adapter=adapter, row_limit=1)
     return World(
         team_id=team.pk,
         ids={
+            "adapters": adapter.pk,
             "api-keys": key.pk,
             "assistants": assistant.pk,
             "chunk-edits": chunk_edit.pk,
             "chunks": chunk.pk,
+            "comparisons": comparison.pk,
             "conversations": room.pk,
             "data-sources": data_source.pk,
             "datasets": dataset.pk,
@@ -209,6 +217,8 @@ def body_for(method: str, path: str, world: World) -> tuple[Any, str]:
         "/api/v1/data-sources/{id}/": {"name": "Renamed", "description": "d"},
         "/api/v1/data-sources/{id}/query/": {"sql": "SELECT id FROM t"},
         "/api/v1/datasets/": {"name": "Exported", "format": "alpaca", "filters": {"feedback": "any"}, "team": team},
+        "/api/v1/datasets/{id}/adapters/": {"name": "A2", "base_model": world.llm_id, "path": "/srv/adapters/a2"},
+        "/api/v1/adapters/{id}/comparisons/": {"rows": 1, "evaluation_sets": [world.ids["evaluation-sets"]]},
         "/api/v1/knowledge-bases/": {"name": "KB2", "embedding_model": world.embedding_id, "team": team},
         "/api/v1/knowledge-bases/{id}/": {"name": "Renamed", "embedding_model": world.embedding_id},
         "/api/v1/knowledge-bases/{id}/search/": {"query": "hello", "mode": "fulltext"},
@@ -385,6 +395,8 @@ REFERENCE_FIELDS = {
     "document_ids": "document",
     "documents": "document",
     "message": "message",
+    "base_model": "llm",
+    "evaluation_sets": "evaluation_set",
 }
 # Whole-number fields that are amounts, not references (a new id-like field must be classified).
 NOT_REFERENCES = {
@@ -402,6 +414,8 @@ NOT_REFERENCES = {
     "per_document",
     "max_pages",
     "sync_interval_hours",
+    "holdout",
+    "rows",
 }
 # A reference of the wrong kind within the caller's own team.
 WRONG_KIND = {"llm": "embedding", "embedding": "llm", "rerank": "llm"}
@@ -432,6 +446,7 @@ def object_id(world: World, kind: str) -> int:
         "document": world.ids["documents"],
         "message": world.ids["messages"],
         "data_source": world.ids["data-sources"],
+        "evaluation_set": world.ids["evaluation-sets"],
     }[kind]
 
 
@@ -460,6 +475,8 @@ def snapshot(team_id: int) -> dict[str, list[dict[str, Any]]]:
         ChunkEdit,
         Dataset,
         GoldAnswer,
+        Adapter,
+        Comparison,
     ):
         rows[model.__name__] = [
             {key: value for key, value in row.items() if key not in moving}
@@ -512,6 +529,16 @@ def broken_references() -> list[str]:
             named = dataset.filters.get(field)
             if named is not None and not model.objects.filter(pk=named, team_id=dataset.team_id).exists():
                 broken.append(f"dataset {dataset.pk} -> {field} {named}")
+    for adapter in Adapter.objects.select_related("base_model", "registration", "dataset"):
+        owners = {adapter.base_model.team_id, adapter.registration.team_id, adapter.team_id}
+        if len(owners) > 1 or (adapter.dataset is not None and adapter.dataset.team_id != adapter.team_id):
+            broken.append(f"adapter {adapter.pk} -> another team's model or dataset")
+    for comparison in Comparison.objects.select_related("adapter"):
+        foreign_sets = EvaluationSet.objects.filter(pk__in=comparison.evaluation_set_ids).exclude(
+            team_id=comparison.team_id
+        )
+        if comparison.adapter.team_id != comparison.team_id or foreign_sets.exists():
+            broken.append(f"comparison {comparison.pk} -> another team's adapter or evaluation set")
     for gold in GoldAnswer.objects.select_related("message__conversation"):
         if gold.message.conversation.team_id != gold.team_id:
             broken.append(f"gold answer {gold.pk} -> message {gold.message_id}")

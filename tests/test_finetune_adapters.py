@@ -291,6 +291,11 @@ def test_other_teams_ids_in_every_field_and_bad_requests_are_refused() -> None:
 
     # Our adapter, compared on their evaluation set: refused.
     ours = foreign_adapter(home, home_dataset)
+    # Its base model stays while the adapter is registered on it: 409, saying what uses it.
+    response = client.delete(f"/api/v1/models/{ours.base_model_id}/")
+    assert response.status_code == 409, response.json()
+    assert response.json()["error"]["message"].startswith("Still in use by adapter ")
+    assert ModelRegistration.objects.filter(pk=ours.base_model_id).exists()
     response = client.post(
         f"/api/v1/adapters/{ours.pk}/comparisons/", {"evaluation_sets": [foreign_set.pk]}, format="json"
     )

@@ -46,6 +46,7 @@ from finetune.selectors import (
 )
 from finetune.services import (
     MAX_GOLD_CHARS,
+    MAX_HOLDOUT_PERCENT,
     DatasetNotReady,
     dataset_archive_name,
     dataset_delete,
@@ -129,6 +130,13 @@ class DatasetForm(forms.Form):
     )
     feedback = forms.ChoiceField(label=gettext_lazy("Feedback"), choices=list(FEEDBACK_LABELS.items()), initial="any")
     reviewed = forms.ChoiceField(label=gettext_lazy("Reviewed"), choices=list(REVIEWED_LABELS.items()), initial="any")
+    # No bounds here: dataset_start refuses what is out of range, in its words.
+    holdout_percent = forms.IntegerField(
+        label=gettext_lazy("Hold back (percent of conversations, for comparing a trained adapter)"),
+        required=False,
+        initial=0,
+        widget=forms.NumberInput(attrs={"min": 0, "max": MAX_HOLDOUT_PERCENT, "step": 1}),
+    )
 
     def __init__(self, *args: Any, team: Team, user: User, **kwargs: Any) -> None:
         kwargs.setdefault("initial", {})
@@ -223,6 +231,7 @@ def dataset_create_view(request: HttpRequest) -> HttpResponse:
                 name=form.cleaned_data["name"],
                 format=form.cleaned_data["format"],
                 filters=form.filters(),
+                holdout_percent=form.cleaned_data["holdout_percent"] or 0,
             )
         except DomainError as exc:
             form.add_error(None, capfirst(str(exc)))
@@ -298,6 +307,10 @@ def _filters_described(dataset: Dataset) -> list[tuple[str, Any]]:
     described.append((_("Feedback"), FEEDBACK_LABELS.get(feedback, feedback)))
     reviewed = filters.get("reviewed", "any")
     described.append((_("Reviewed"), REVIEWED_LABELS.get(reviewed, reviewed)))
+    if dataset.holdout_percent:
+        described.append(
+            (_("Held back"), _("%(percent)s%% of the conversations") % {"percent": dataset.holdout_percent})
+        )
     return described
 
 
@@ -320,6 +333,7 @@ def _dataset_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
         "report": {
             "messages_read": counts.get("messages_read"),
             "kept": counts.get("kept"),
+            "held_back": counts.get("held_back"),
             "dropped": _counted(counts.get("dropped"), DROP_LABELS),
             "scrubbed": _counted(counts.get("scrubbed"), SCRUB_LABELS),
         }
