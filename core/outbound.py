@@ -9,14 +9,14 @@ Operators open networks they trust with OUTBOUND_ALLOWED_NETWORKS (comma-separat
 example a model server on the LAN.
 
 A check and a later connection resolve the name twice, and DNS may answer differently the second
-time (DNS rebinding): callers that can, connect to `OutboundTarget.pinned_url` (an address this
-check approved) with `Host` and TLS SNI set to the original host name; see `pinned_request_args`.
-
-Model providers are called through `outbound_client` / `outbound_async_client`, whose transport
-does that for every request: it checks the host again (a URL approved when it was saved may
-resolve elsewhere by the time it is called), connects to the approved address with Host and SNI
-kept, never follows a redirect (a 3xx becomes an error without its Location), and replaces every
-error answer's body with a short, sanitised reason, so that no upstream body travels on to users.
+time (DNS rebinding). So every request to such a URL goes through `outbound_client` /
+`outbound_async_client`, whose transport checks the host at the moment of the request (a URL
+approved when it was saved may resolve elsewhere by the time it is called) and connects to the
+address it approved, with Host and TLS SNI kept as the original name. It never follows a redirect.
+By default (model providers) it also replaces every error answer's body with a short, sanitised
+reason, so that no upstream body travels on to users, and a 3xx loses its Location;
+`shorten_answers=False` (webhooks, web sources) hands answers on as they are, for callers that
+follow redirects themselves, each hop through the same transport and so checked again.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -68,29 +68,6 @@ class OutboundTarget:
     host: str  # as written in the URL, lower case, without brackets
     port: int
     addresses: tuple[IPAddress, ...]  # every address the host resolved to, all of them approved
-
-    @property
-    def pinned_url(self) -> str:
-        """The URL with its host replaced by the first approved address."""
-        address = self.addresses[0]
-        host = f"[{address}]" if address.version == 6 else str(address)
-        parts = urlsplit(self.url)
-        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if DEFAULT_PORTS[self.scheme] == self.port else f"{host}:{self.port}"
-
-
-def pinned_request_args(target: OutboundTarget) -> dict[str, Any]:
-    """httpx request arguments that connect to the approved address, not to a fresh DNS answer,
-    while the server still sees (Host) and TLS verifies (SNI) the original host name."""
-    return {
-        "url": target.pinned_url,
-        "headers": {"Host": target.host_header},
-        "extensions": {"sni_hostname": target.host} if target.scheme == "https" else {},
-    }
 
 
 def _allowed_networks() -> list[IPNetwork]:
@@ -294,17 +271,20 @@ def _pinned(request: httpx.Request, address: IPAddress) -> httpx.Request:
 
 
 class OutboundTransport(httpx.HTTPTransport):
-    """Checks, pins, refuses redirects and shortens error answers on every request (see the module
-    docstring). `check=False` for servers the operator configured (the embedded Xinference):
-    no address check, the rest still applies. `on_refused` turns a refused address into the
-    caller's own error (raised through the HTTP client untouched: the openai package wraps only
-    httpx's errors). One client per endpoint: connections are pooled by address, and a pooled
+    """Checks, pins and (unless `shorten_answers=False`) shortens error answers on every request
+    (see the module docstring). `check=False` for servers the operator configured (the embedded
+    Xinference): no address check, the rest still applies. `on_refused` turns a refused address
+    into the caller's own error (raised through the HTTP client untouched: the openai package wraps
+    only httpx's errors). One client per endpoint: connections are pooled by address, and a pooled
     TLS connection carries the SNI of the name it was opened for."""
 
-    def __init__(self, *, check: bool = True, on_refused: Refusal | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, check: bool = True, on_refused: Refusal | None = None, shorten_answers: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.on_refused = on_refused
+        self.shorten_answers = shorten_answers
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self.check:
@@ -319,9 +299,8 @@ class OutboundTransport(httpx.HTTPTransport):
                 continue
         return self._shortened(super().handle_request(_pinned(request, addresses[-1])))
 
-    @staticmethod
-    def _shortened(response: httpx.Response) -> httpx.Response:
-        if response.status_code < 300:
+    def _shortened(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 300 or not self.shorten_answers:
             return response
         try:
             content = response.read()
@@ -334,10 +313,13 @@ class AsyncOutboundTransport(httpx.AsyncHTTPTransport):
     """OutboundTransport for async clients (streamed answers); the check's DNS lookup runs in a
     thread so the event loop is not blocked."""
 
-    def __init__(self, *, check: bool = True, on_refused: Refusal | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, check: bool = True, on_refused: Refusal | None = None, shorten_answers: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.check = check
         self.on_refused = on_refused
+        self.shorten_answers = shorten_answers
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self.check:
@@ -350,9 +332,8 @@ class AsyncOutboundTransport(httpx.AsyncHTTPTransport):
                 continue
         return await self._shortened(await super().handle_async_request(_pinned(request, addresses[-1])))
 
-    @staticmethod
-    async def _shortened(response: httpx.Response) -> httpx.Response:
-        if response.status_code < 300:
+    async def _shortened(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code < 300 or not self.shorten_answers:
             return response
         try:
             content = await response.aread()
@@ -361,10 +342,12 @@ class AsyncOutboundTransport(httpx.AsyncHTTPTransport):
         return _short_error(response, content)
 
 
-def outbound_client(*, timeout: float, check: bool = True, on_refused: Refusal | None = None) -> httpx.Client:
+def outbound_client(
+    *, timeout: float, check: bool = True, on_refused: Refusal | None = None, shorten_answers: bool = True
+) -> httpx.Client:
     """An httpx client for a user-configured server. trust_env=False: a proxy from the environment
     would take requests past the transport (and resolve names itself)."""
-    transport = OutboundTransport(check=check, on_refused=on_refused)
+    transport = OutboundTransport(check=check, on_refused=on_refused, shorten_answers=shorten_answers)
     return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
 

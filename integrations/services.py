@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from accounts.models import Team, User
 from core.domain_errors import DomainError
-from core.outbound import UnresolvableUrl, UnsafeUrl, outbound_url_check, pinned_request_args
+from core.outbound import UnresolvableUrl, UnsafeUrl, outbound_client, outbound_url_check
 from integrations.models import PING, DeliveryStatus, Webhook, WebhookDelivery, WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -195,22 +195,14 @@ def _body(delivery: WebhookDelivery) -> bytes:
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     """POST the event. Redirects: at most MAX_REDIRECTS (3), followed by hand and only for 307 and
-    308, which keep the method and the body; every Location goes through the same SSRF guard
-    before anything connects to it. 301/302/303 would turn the POST into a body-less GET, so they
-    are not followed: the caller records them as failures naming the new location. Each hop
-    connects to the address the guard approved (no second DNS lookup to rebind), and proxies from
-    the environment are ignored for the same reason. The response body is never read."""
-    with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
+    308, which keep the method and the body; every hop goes through the outbound transport, which
+    checks its address with the SSRF guard and connects to the address it approved.
+    301/302/303 would turn the POST into a body-less GET, so they are not followed: the caller
+    records them as failures naming the new location. The response body is never read."""
+    with outbound_client(timeout=settings.WEBHOOK_TIMEOUT_S, shorten_answers=False) as client:
         for _hop in range(MAX_REDIRECTS + 1):
-            pinned = pinned_request_args(outbound_url_check(url))
-            request = client.build_request(
-                "POST",
-                pinned["url"],
-                content=body,
-                headers={**headers, **pinned["headers"]},
-                extensions=pinned["extensions"],
-            )
-            response = client.send(request, stream=True)
+            outbound_url_check(url)  # refused or unresolvable before anything is sent
+            response = client.send(client.build_request("POST", url, content=body, headers=headers), stream=True)
             response.close()
             location = response.headers.get("location")
             if response.status_code not in FOLLOWED_REDIRECTS or not location:

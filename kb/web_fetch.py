@@ -14,7 +14,6 @@ answer means no rules; a 5xx, a refused or unreachable one means nothing on that
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import zlib
@@ -27,7 +26,7 @@ from urllib.robotparser import RobotFileParser
 import httpx
 from django.conf import settings
 
-from core.outbound import OutboundTarget, UnsafeUrl, outbound_url_check, pinned_request_args
+from core.outbound import OutboundTarget, UnsafeUrl, outbound_client, outbound_url_check
 from core.sizes import format_bytes
 
 MAX_REDIRECTS = 5
@@ -93,7 +92,11 @@ class WebFetcher:
         self.max_bytes: int = settings.KB_WEB_MAX_PAGE_BYTES
         self.host_delay: float = settings.KB_WEB_HOST_DELAY_S
         self.heartbeat = heartbeat
-        self.client = httpx.Client(timeout=settings.KB_WEB_TIMEOUT_S, follow_redirects=False, trust_env=False)
+        # Each request is checked and pinned by the outbound transport, redirects included (get()
+        # follows them by hand, each hop a request of its own).
+        self.client = outbound_client(
+            timeout=settings.KB_WEB_TIMEOUT_S, shorten_answers=False, on_refused=lambda exc: FetchError(str(exc))
+        )
         self._last_request: dict[str, float] = {}
         self._robots: dict[str, tuple[RobotFileParser, str]] = {}
 
@@ -184,23 +187,10 @@ class WebFetcher:
             "Accept-Encoding": "gzip, deflate",
             **headers,
         }
-        error: Exception | None = None
         try:
-            # Every approved address in turn, as the outbound transport does (a name with ::1 and
-            # 127.0.0.1 whose server listens on one of them).
-            for address in target.addresses:
-                pinned = pinned_request_args(dataclasses.replace(target, addresses=(address,)))
-                request = self.client.build_request(
-                    "GET",
-                    pinned["url"],
-                    headers={**request_headers, **pinned["headers"]},
-                    extensions=pinned["extensions"],
-                )
-                try:
-                    return self.client.send(request, stream=True)
-                except httpx.ConnectError as exc:
-                    error = exc
-            raise FetchError(f"could not connect to {target.host} ({error})")
+            return self.client.send(self.client.build_request("GET", url, headers=request_headers), stream=True)
+        except httpx.ConnectError as exc:
+            raise FetchError(f"could not connect to {target.host} ({exc})") from exc
         except httpx.TimeoutException as exc:
             raise FetchError(f"no answer within {settings.KB_WEB_TIMEOUT_S:g} s ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -16,8 +17,8 @@ from accounts.models import Role
 from core.outbound import (
     UnresolvableUrl,
     UnsafeUrl,
+    _pinned,
     outbound_url_check,
-    pinned_request_args,
     upstream_reason,
 )
 from models_registry.models import Provider
@@ -99,14 +100,15 @@ def test_an_unresolvable_name_is_its_own_error() -> None:
 def test_public_addresses_pass_and_are_pinned() -> None:
     target = outbound_url_check("https://8.8.8.8/hook?x=1")
     assert target.addresses == (ipaddress.ip_address("8.8.8.8"),)
-    assert pinned_request_args(target) == {
-        "url": "https://8.8.8.8:443/hook?x=1",
-        "headers": {"Host": "8.8.8.8"},
-        "extensions": {"sni_hostname": "8.8.8.8"},
-    }
-    six = outbound_url_check("http://[2606:4700:4700::1111]:8080")
-    assert six.pinned_url == "http://[2606:4700:4700::1111]:8080/"
-    assert six.host_header == "[2606:4700:4700::1111]:8080"
+    assert outbound_url_check("http://[2606:4700:4700::1111]:8080").addresses == (
+        ipaddress.ip_address("2606:4700:4700::1111"),
+    )
+    # The transport sends a request to the approved address, the name kept in Host and for TLS.
+    request = httpx.Request("GET", "https://docs.example.com:8443/a?b=1")
+    pinned = _pinned(request, ipaddress.ip_address("93.184.216.34"))
+    assert str(pinned.url) == "https://93.184.216.34:8443/a?b=1"
+    assert pinned.headers["Host"] == "docs.example.com:8443"
+    assert pinned.extensions["sni_hostname"] == "docs.example.com"
     assert outbound_url_check("http://[::ffff:8.8.8.8]/").addresses == (ipaddress.ip_address("::ffff:8.8.8.8"),)
 
 
