@@ -321,8 +321,13 @@ def _preview_rows(preview: Any) -> list[str]:
     return [json.dumps(row, ensure_ascii=False, indent=2) for row in preview]
 
 
-def _dataset_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
-    """What a dataset's page shows (other sections of the page add to it)."""
+def dataset_context(
+    request: HttpRequest, dataset: Dataset, *, adapter_forms: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a dataset's page shows, with its Adapters section (web.views.adapters; a refused form
+    of that section comes back bound, in `adapter_forms`)."""
+    from web.views.adapters import adapters_context  # it builds on this module's helpers
+
     counts = dataset.counts if isinstance(dataset.counts, dict) else {}
     ready = dataset.status == DatasetStatus.READY and bool(dataset.file)
     return {
@@ -343,13 +348,13 @@ def _dataset_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
         "preview": _preview_rows(dataset.preview),
         "can_download": ready,
         "can_delete": _may_delete(request, dataset),
-    }
+    } | adapters_context(request, dataset, **(adapter_forms or {}))
 
 
 @login_required
 def dataset_page(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = dataset_for(request, pk, switch_team=True)
-    return render(request, "web/datasets/detail.html", _dataset_context(request, dataset))
+    return render(request, "web/datasets/detail.html", dataset_context(request, dataset))
 
 
 @login_required
@@ -361,7 +366,7 @@ def dataset_download(request: HttpRequest, pk: int) -> HttpResponse | FileRespon
         dataset_require_ready(dataset=dataset)
     except DatasetNotReady as exc:
         messages.error(request, _("There is nothing to download yet: %(reason)s") % {"reason": exc})
-        return render(request, "web/datasets/detail.html", _dataset_context(request, dataset), status=409)
+        return render(request, "web/datasets/detail.html", dataset_context(request, dataset), status=409)
     response = FileResponse(
         dataset.file.open("rb"),
         as_attachment=True,

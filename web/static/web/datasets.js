@@ -1,19 +1,19 @@
 // Dataset pages: a build under way (queued or building) shows its status and percent, read from
 // the REST API every second with the session cookie (apiFetch, app.js), as kb.js follows
 // documents; once it is ready or failed the page reloads and the server renders the report, the
-// preview and the download.
+// preview and the download. Comparisons of an adapter with its base model, and their evaluation
+// runs, are followed the same way (queued or running; their URL in data-poll-url). Each
+// `.js-follow` container holds the status labels (data-text-status-*) and a `.js-poll-error`.
 "use strict";
 
-const ACTIVE_DATASET_STATUSES = new Set(["queued", "building"]);
+const ACTIVE_DATASET_STATUSES = new Set(["queued", "building", "running"]);
 const DATASET_POLL_MS = 1000;
 
-document.addEventListener("DOMContentLoaded", () => {
-  const page = document.getElementById("datasets-page");
-  if (!page) return;
-  const error = document.getElementById("datasets-error");
+function followProgress(page) {
+  const error = page.querySelector(".js-poll-error");
 
   function activeElements() {
-    return Array.from(page.querySelectorAll("[data-dataset-url][data-active]"));
+    return Array.from(page.querySelectorAll("[data-dataset-url][data-active], [data-poll-url][data-active]"));
   }
 
   function show(element, dataset) {
@@ -35,7 +35,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!elements.length) return;
     try {
       for (const element of elements) {
-        const response = await apiFetch(element.dataset.datasetUrl);
+        const response = await apiFetch(element.dataset.datasetUrl || element.dataset.pollUrl);
         if (response.status === 404) {
           window.location.reload(); // deleted meanwhile
           return;
@@ -57,4 +57,8 @@ document.addEventListener("DOMContentLoaded", () => {
   }
 
   if (activeElements().length) window.setTimeout(poll, DATASET_POLL_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll(".js-follow").forEach(followProgress);
 });
