@@ -580,7 +580,7 @@ class Builder:
         }
         with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.write(self.data_path, arcname=self.data_path.name)
-            if self.held_back_path.exists():
+            if self.dataset.holdout_percent and self.held_back_path.exists():
                 archive.write(self.held_back_path, arcname=HELD_BACK_FILE)
             info = formats.dataset_info(self.format, key=dataset_info_key(self.dataset))
             if info is not None:

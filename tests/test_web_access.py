@@ -231,14 +231,23 @@ def test_the_chinese_catalogue_is_complete_and_compiled() -> None:
     po_path = settings.BASE_DIR / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po"
     text = po_path.read_text(encoding="utf-8")
     assert "#, fuzzy" not in text
-    entries = re.findall(r'^msgid "(.+)"\n(?:msgid_plural ".*"\n)?msgstr(?:\[0\])? "(.*)"$', text, re.MULTILINE)
+    entries = re.findall(
+        r'^(?:msgctxt "(.*)"\n)?msgid "(.+)"\n(?:msgid_plural ".*"\n)?msgstr(?:\[0\])? "(.*)"$', text, re.MULTILINE
+    )
     assert len(entries) > 150
     with (po_path.parent / "django.mo").open("rb") as mo_file:
         compiled = gettext.GNUTranslations(mo_file)
-    untranslated = [msgid for msgid, msgstr in entries if not msgstr]
+    untranslated = [msgid for _context, msgid, msgstr in entries if not msgstr]
     assert untranslated == []
+
+    def unquoted(text: str) -> str:
+        return text.replace('\\"', '"')
+
     stale = [
-        msgid for msgid, msgstr in entries if compiled.gettext(msgid.replace('\\"', '"')) != msgstr.replace('\\"', '"')
+        msgid
+        for context, msgid, msgstr in entries
+        if (compiled.pgettext(context, unquoted(msgid)) if context else compiled.gettext(unquoted(msgid)))
+        != unquoted(msgstr)
     ]
     assert stale == [], "run `make messages` to compile the catalogue"
 
