@@ -256,6 +256,8 @@ def built(world: Any, **body: Any) -> Dataset:
     return done
 
 
+# In one transaction: no build or comparison is handed to a worker (nothing is committed).
+@pytest.mark.django_db
 def test_other_teams_ids_in_every_field_and_bad_requests_are_refused() -> None:
     home, foreign = build_world(), build_world(label="Foreign-")
     for world in (home, foreign):
@@ -334,6 +336,7 @@ def test_other_teams_ids_in_every_field_and_bad_requests_are_refused() -> None:
         dataset_start(team=home.team, user=home.admin, name="H", format="alpaca", holdout_percent=-1)
 
 
+@pytest.mark.django_db
 def test_held_back_conversations_are_the_same_in_every_build_and_scores_read_the_words() -> None:
     chosen = {conversation_id for conversation_id in range(1, 2001) if is_held_back(conversation_id, 10)}
     assert 150 < len(chosen) < 250
