@@ -2,14 +2,15 @@
 a robots.txt that disallows one page) synced by the real Celery worker into a knowledge base
 embedded by the real MiniLM on Xinference, then changed and synced again; the SSRF guard on the
 URL given and on every redirect; what is not a web page; other teams and viewers; the beat task
-that finds due and lost syncs; the section on the knowledge base's page."""
+that finds due and lost syncs; the section on the knowledge base's page, and a sync followed
+live there in Chromium."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from playwright.sync_api import expect
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -28,8 +30,10 @@ from models_registry.services import registration_launch
 from realservices.offline_models import offline_embedding_on
 from realservices.workers import WorkerProcess
 from realservices.xinference import XinferenceServer, free_port
+from tests.browser import screenshot, signed_in_context
 from tests.conftest import TEST_ALLOWED_NETWORKS, bearer_client, member_of
 from tests.test_kb import all_settled, search, wait_until
+from tests.test_web_kb import ALL_READY, INGEST_TIMEOUT_MS, csp_violations
 
 SYNC_TIMEOUT_S = 120
 
@@ -448,3 +452,118 @@ def test_the_knowledge_base_page_shows_and_adds_web_sources(team, quiet_kb, sett
     assert viewer.post(reverse("web:web-source-sync", args=[quiet_kb.pk, new.pk])).status_code == 403
     assert viewer.post(reverse("web:web-source-delete", args=[quiet_kb.pk, new.pk])).status_code == 403
     assert WebSource.objects.filter(pk=new.pk).exists()
+
+
+# --- the section in Chromium: a sync followed live ------------------------------------------------
+
+
+class HeldRoutes(dict[str, Route]):
+    """The site's routes, where a request for a path held waits until the test lets it go: the
+    sync stands still at a known point while the browser is looked at."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        super().__init__(routes)
+        self.held: dict[str, threading.Event] = {}
+
+    def hold(self, path: str) -> threading.Event:
+        self.held[path] = threading.Event()
+        return self.held[path]
+
+    def release_all(self) -> None:
+        for gate in self.held.values():
+            gate.set()
+
+    def get(self, path: str, default: Any = None) -> Any:
+        gate = self.held.get(path)
+        if gate is not None:
+            gate.wait(timeout=SYNC_TIMEOUT_S)
+        return super().get(path, default)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_page_follows_a_sync_live_and_then_lists_its_documents(
+    team, setup, site: Site, live_asgi_url: str, browser: Any
+) -> None:
+    _client, kb = setup
+    routes = HeldRoutes(
+        {
+            "/robots.txt": Route(b"User-agent: *\nAllow: /\n", content_type="text/plain"),
+            "/sitemap.xml": Route(site.urlset("/a.html", "/b.html", "/c.html"), content_type="application/xml"),
+            "/a.html": Route(html_page("Varnholm", FACT_A)),
+            "/b.html": Route(html_page("Quillfield", FACT_B)),
+            "/c.html": Route(html_page("Brasswick", FACT_C)),
+        }
+    )
+    sitemap_held = routes.hold("/sitemap.xml")
+    second_page_held = routes.hold("/b.html")
+    site.routes = routes
+    sitemap = site.url("/sitemap.xml")
+    context = signed_in_context(browser, live_asgi_url, member_of(team, Role.MEMBER))
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    try:
+        page.goto(f"/kb/{kb.pk}/")
+        page.get_by_test_id("web-sources-empty").wait_for()
+        form = page.get_by_test_id("web-source-form")
+        form.locator("input[name=url]").fill(sitemap)
+        form.locator("select[name=kind]").select_option("sitemap")
+        form.locator("input[name=sync_interval_hours]").fill("0")
+        form.get_by_test_id("web-source-add").click()
+        row = page.get_by_test_id("web-source")
+        row.wait_for()
+        status = row.get_by_test_id("web-source-status")
+        progress = row.get_by_test_id("web-source-progress")
+        # The worker waits on the sitemap: nothing is counted yet when the page is rendered.
+        assert status.inner_text() in ("Queued", "Syncing")
+        expect(progress).to_contain_text("0 of 0 (0%)")
+        page.evaluate("window.__sameLoad = true")
+
+        # The sitemap answers, the first page is fetched and the second one waits: the row says
+        # so in place, without a reload.
+        sitemap_held.set()
+        expect(progress).to_contain_text("1 of 3 (33%)", timeout=SYNC_TIMEOUT_S * 1000)
+        expect(status).to_have_text("Syncing")
+        assert row.locator("progress").evaluate("bar => bar.value") == 33
+        assert page.evaluate("window.__sameLoad") is True
+        screenshot(page, "kb-web-source-syncing")
+
+        # The sync ends: the page reloads itself and lists the documents the pages became, which
+        # turn ready as the page follows them.
+        second_page_held.set()
+        documents = page.locator("#document-rows tr[data-document-id]")
+        expect(documents).to_have_count(3, timeout=SYNC_TIMEOUT_S * 1000)
+        assert page.evaluate("window.__sameLoad") is None
+        expect(status).to_have_text("Synced")
+        expect(progress).to_contain_text("3 of 3 (100%)")
+        page.wait_for_function(ALL_READY, arg=3, timeout=INGEST_TIMEOUT_MS)
+
+        page.reload()
+        expect(documents.get_by_test_id("document-status")).to_have_text(["Ready"] * 3)
+        names = documents.get_by_test_id("document-name").all_inner_texts()
+        assert sorted(names) == sorted(site.url(path) for path in ("/a.html", "/b.html", "/c.html"))
+        expect(status).to_have_text("Synced")
+        expect(progress).to_contain_text("3 of 3 (100%)")
+        assert row.locator("progress").count() == 0
+        synced_at = WebSource.objects.get(knowledge_base=kb).last_synced_at
+        assert synced_at is not None
+        last_synced = row.get_by_test_id("web-source-last-synced").locator("time")
+        assert datetime.fromisoformat(last_synced.get_attribute("datetime") or "") == synced_at
+        assert page.get_by_test_id("web-sources-error").is_hidden()
+        screenshot(page, "kb-web-source-synced")
+        assert csp_violations(console) == []
+    finally:
+        routes.release_all()
+        context.close()
+
+    viewer = signed_in_context(browser, live_asgi_url, member_of(team, Role.VIEWER))
+    page = viewer.new_page()
+    page.goto(f"/kb/{kb.pk}/")
+    row = page.get_by_test_id("web-source")
+    expect(row.get_by_test_id("web-source-status")).to_have_text("Synced")
+    expect(row).to_contain_text(sitemap)
+    assert row.get_by_test_id("web-source-last-synced").locator("time").count() == 1
+    assert page.get_by_test_id("web-source-form").count() == 0
+    assert row.get_by_test_id("web-source-sync").count() == 0
+    assert row.get_by_test_id("web-source-delete").count() == 0
+    viewer.close()

@@ -2,7 +2,8 @@
 delete one. Plain form posts that redirect back to the page, where each source shows its status,
 pages done of the sync's pages, when it last synced and what went wrong; every write goes
 through kb.web_sources, and a refusal (an unsafe address, a duplicate) is shown as it words it.
-Roles as in the API: members write, viewers see."""
+Roles as in the API: members write, viewers see. A source queued or syncing is followed live by
+kb.js (its status and pages through GET /api/v1/web-sources/{id}/; the page reloads when it ends)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def web_sources_context(request: HttpRequest, kb: KnowledgeBase) -> dict[str, An
             {"source": source, "status_label": STATUS_LABELS[source.status], "kind_label": KIND_LABELS[source.kind]}
             for source in sources
         ],
+        "web_source_status_labels": STATUS_LABELS,  # kb.js follows a sync under way with them
         "can_add_web_sources": has_role(request, kb, WRITE_ROLE),
         "web_source_form": WebSourceForm(),
     }

@@ -1,11 +1,13 @@
 // A knowledge base's page: upload by drag and drop, follow ingestion live, delete documents,
-// hit testing, where an admin may add a result to an evaluation set. Everything goes through the
-// REST API with the session cookie (apiFetch, app.js), the last through the evaluation page's view.
+// hit testing, where an admin may add a result to an evaluation set, and follow a web source's sync
+// under way. Everything goes through the REST API with the session cookie (apiFetch, app.js), the
+// evaluation set through the evaluation page's view.
 // Document names, texts and failure reasons come from uploaded files, which anyone in the team
 // may have written: they are only ever inserted with textContent.
 "use strict";
 
 const ACTIVE_STATUSES = new Set(["queued", "parsing", "embedding"]);
+const ACTIVE_WEB_SOURCE_STATUSES = new Set(["queued", "syncing"]);
 const POLL_MS = 1000;
 const PAGE_SIZE = 200;
 const ALL_MODES = ["hybrid", "vector", "fulltext"];
@@ -177,6 +179,68 @@ document.addEventListener("DOMContentLoaded", () => {
       showError(documentsError, text("poll-failed") + " " + error.message);
     }
     schedulePoll();
+  }
+
+  // --- web sources: a sync under way ------------------------------------------------------
+  // A source queued or syncing shows its status and pages done as GET /api/v1/web-sources/{id}/
+  // reports them (labels from the section's data-text-* attributes). When its sync ends (synced
+  // or failed) the page reloads: the server renders its last sync and the documents its pages
+  // became, which the polling above follows until they are ready.
+
+  const webSources = document.getElementById("web-sources");
+  const webSourcesError = webSources ? webSources.querySelector(".js-poll-error") : null;
+  let webSourcePollTimer = null;
+
+  function activeWebSources() {
+    if (!webSources) return [];
+    return Array.from(webSources.querySelectorAll("tr[data-web-source-url]")).filter((row) =>
+      ACTIVE_WEB_SOURCE_STATUSES.has(row.dataset.status),
+    );
+  }
+
+  function showWebSource(row, source) {
+    row.dataset.status = source.status;
+    const badge = row.querySelector(".js-status");
+    badge.className = "badge js-status status-" + source.status;
+    badge.textContent = webSources.getAttribute("data-text-status-" + source.status) || source.status;
+    const percent = Math.max(0, Math.min(100, Number(source.progress) || 0));
+    const bar = row.querySelector(".js-progress");
+    if (bar) bar.value = percent;
+    const values = { done: Number(source.pages_done) || 0, total: Number(source.pages_total) || 0, percent: percent };
+    row.querySelector(".js-pages").textContent = (webSources.dataset.textPages || "").replace(
+      /\{(done|total|percent)\}/g,
+      (match, name) => String(values[name]),
+    );
+  }
+
+  function scheduleWebSourcePoll() {
+    if (webSourcePollTimer === null && activeWebSources().length) {
+      webSourcePollTimer = window.setTimeout(pollWebSources, POLL_MS);
+    }
+  }
+
+  async function pollWebSources() {
+    webSourcePollTimer = null;
+    try {
+      for (const row of activeWebSources()) {
+        const response = await apiFetch(row.dataset.webSourceUrl);
+        if (response.status === 404) {
+          window.location.reload(); // deleted meanwhile
+          return;
+        }
+        if (!response.ok) throw new Error(await apiErrorText(response));
+        const source = await response.json();
+        showWebSource(row, source);
+        if (!ACTIVE_WEB_SOURCE_STATUSES.has(source.status)) {
+          window.location.reload(); // synced or failed: the server renders its last sync and documents
+          return;
+        }
+      }
+      webSourcesError.hidden = true;
+    } catch (error) {
+      showError(webSourcesError, text("poll-failed") + " " + error.message);
+    }
+    scheduleWebSourcePoll();
   }
 
   // --- upload -----------------------------------------------------------------------------
@@ -427,4 +491,5 @@ document.addEventListener("DOMContentLoaded", () => {
     setProgress(row, row.dataset.status === "ready" ? 100 : row.querySelector(".js-progress").dataset.progress);
   }
   schedulePoll();
+  scheduleWebSourcePoll();
 });
