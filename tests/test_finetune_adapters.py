@@ -278,7 +278,9 @@ def test_other_teams_ids_in_every_field_and_bad_requests_are_refused() -> None:
         ("post", f"/api/v1/adapters/{theirs.pk}/comparisons/"),
     ):
         # A valid body (their own base model) for the writes: refused as not found all the same.
-        body = {"name": "x", "base_model": theirs.base_model_id, "path": "/x"} if method == "post" else None
+        body: dict[str, Any] | None = (
+            {"name": "x", "base_model": theirs.base_model_id, "path": "/x"} if method == "post" else None
+        )
         response = getattr(client, method)(url, body, format="json")
         assert response.status_code == 404, (method, url, response.json())
     assert ModelRegistration.objects.filter(pk=theirs.registration_id).exists()
