@@ -151,7 +151,7 @@ def _check_local_folder(path: str) -> None:
     _read_safetensors_header(weights)
 
 
-def adapter_register(*, dataset: Dataset, base_model: ModelRegistration, name: str, path: str, user: User) -> Adapter:
+def adapter_register(*, dataset: Dataset, base_model_id: int, name: str, path: str, user: User) -> Adapter:
     """The adapter as a model of its own on the base's provider; the healer launches it."""
     if dataset.status != DatasetStatus.READY:
         raise AdapterError("the dataset is not built: register an adapter trained on a ready dataset")
@@ -161,8 +161,11 @@ def adapter_register(*, dataset: Dataset, base_model: ModelRegistration, name: s
             "(alpaca, sharegpt, openai, swift, xtuner); register an embedding model trained on triples as an "
             "embedding model"
         )
-    if base_model.team_id != dataset.team_id:
-        raise AdapterError(f"base_model: no model with id {base_model.pk} in this team")
+    base_model = (
+        ModelRegistration.objects.select_related("provider").filter(pk=base_model_id, team_id=dataset.team_id).first()
+    )
+    if base_model is None:
+        raise AdapterError(f"base_model: No model with id {base_model_id} in this team: choose one of its chat models")
     _check_base(base_model)
     name = (name or "").strip()
     if not name or len(name) > 120:

@@ -47,7 +47,6 @@ from finetune.services import (
     gold_answer_delete,
     gold_answer_set,
 )
-from models_registry.models import ModelRegistration
 from restapi.serializers import StrictFieldsMixin, validated
 from restapi.viewsets import TeamScopedViewSet
 
@@ -217,16 +216,9 @@ class DatasetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.De
             return Response(AdapterSerializer(visible, many=True).data)
         self.require_role(dataset.team_id, Role.ADMIN)
         data = validated(AdapterInputSerializer, request.data)
-        base_model = (
-            ModelRegistration.objects.select_related("provider")
-            .filter(pk=data["base_model"], team_id=dataset.team_id)
-            .first()
-        )
-        if base_model is None:
-            raise exceptions.ValidationError({"base_model": f"No model with id {data['base_model']} in this team."})
         assert isinstance(request.user, User)
         adapter = adapter_register(
-            dataset=dataset, base_model=base_model, name=data["name"], path=data["path"], user=request.user
+            dataset=dataset, base_model_id=data["base_model"], name=data["name"], path=data["path"], user=request.user
         )
         return Response(AdapterSerializer(adapter).data, status=status.HTTP_201_CREATED)
 

@@ -231,7 +231,7 @@ def finished_dataset(client: APIClient, dataset_id: int) -> dict[str, Any]:
 def foreign_adapter(world: Any, dataset: Dataset) -> Adapter:
     """An adapter of another team, made directly (its provider listens nowhere)."""
     base = registration_create(
-        provider=world.assistant.llm.provider.__class__.objects.create(
+        provider=Provider.objects.create(
             team=world.team, name="Their Xinference", kind="xinference", endpoint="http://127.0.0.1:9"
         ),
         kind="llm",

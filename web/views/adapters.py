@@ -234,22 +234,11 @@ def adapter_register_view(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, _("The adapter was not registered: correct the fields marked below."))
         return _dataset_page(request, dataset, 400, register_form=form)
-    base_id = form.cleaned_data["base_model"]
-    # As the API: only a model of the dataset's team (the select offers no other, a forged id says so).
-    base_model = (
-        ModelRegistration.objects.select_related("provider").filter(pk=base_id, team_id=dataset.team_id).first()
-    )
-    if base_model is None:
-        messages.error(
-            request,
-            _("The adapter was not registered: No model with id %(id)s in this team: choose one of its chat models.")
-            % {"id": base_id},
-        )
-        return _dataset_page(request, dataset, 400, register_form=form)
     try:
+        # The select offers the team's chat models only; the service refuses a forged id by name.
         adapter = adapter_register(
             dataset=dataset,
-            base_model=base_model,
+            base_model_id=form.cleaned_data["base_model"],
             name=form.cleaned_data["name"],
             path=form.cleaned_data["path"],
             user=_user(request),
@@ -260,7 +249,7 @@ def adapter_register_view(request: HttpRequest, pk: int) -> HttpResponse:
     messages.success(
         request,
         _("Adapter %(name)s is registered on %(base)s: the model server launches it.")
-        % {"name": adapter.registration.name, "base": base_model.name},
+        % {"name": adapter.registration.name, "base": adapter.base_model.name},
     )
     return _back(dataset)
 
