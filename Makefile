@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 # launches and workers (a fresh clone: pytest 20:50 with 2, 18:13 with 3).
 TEST_PROCESSES ?= 3
 
-.PHONY: run test xinference-venv-in-background lint typecheck bench bench-chunking bench-streams bench-serving drills lock messages clean
+.PHONY: run test xinference-venv-in-background lint typecheck bench bench-chunking bench-search bench-streams bench-serving drills lock messages clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -89,6 +89,10 @@ bench-streams: $(VENV)/.dev
 # load run (200 API-key clients mixing reads, search, uploads and chat for a minute).
 bench-serving: $(VENV)/.dev
 	$(PY) bench/serving.py
+
+# Where a search's time goes (query embedding, each mode), with the chunk rows inline and as before.
+bench-search: $(VENV)/.dev
+	$(PY) bench/search_phases.py
 
 # The chunking default's evidence: the corpus ingested once per setting, quality per mode.
 bench-chunking: $(VENV)/.dev

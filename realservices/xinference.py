@@ -18,6 +18,17 @@ from models_registry.providers.xinference import XinferenceClient
 from realservices.processes import kill_group, stop_group
 
 READY_TIMEOUT_S = 180
+START_ATTEMPTS = 3
+
+
+class XinferenceExited(RuntimeError):
+    """The server's process ended before it answered."""
+
+
+def _lost_a_port_race(log_path: Path, started_at: int) -> bool:
+    with open(log_path, "rb") as log:
+        log.seek(started_at)
+        return b"address already in use" in log.read()
 
 
 def free_port() -> int:
@@ -51,9 +62,27 @@ class XinferenceServer:
         return XinferenceClient(self.endpoint, check=False)
 
     def start(self) -> None:
+        """Start the server and wait until it answers. Xinference picks its internal actor ports
+        itself (probe, then bind): with other servers and model processes starting beside it,
+        another process can take the probed port first, and the server exits with "address
+        already in use" (seen in a clean-clone run, restarting after a kill). That start is tried
+        again, with fresh ports; any other exit is an error at once."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log_path = self.home / "server.log"
+            started_at = self._start_process(log_path)
+            try:
+                self.wait_ready()
+                return
+            except XinferenceExited:
+                if attempt == START_ATTEMPTS or not _lost_a_port_race(log_path, started_at):
+                    raise
+
+    def _start_process(self, log_path: Path) -> int:
+        """Start the server's process; returns where its output begins in the log."""
         venv_dir = installed_venv()
         self.home.mkdir(parents=True, exist_ok=True)
-        log = open(self.home / "server.log", "ab")  # noqa: SIM115  # the child keeps writing to it
+        log = open(log_path, "ab")  # noqa: SIM115  # the child keeps writing to it
+        started_at = log.tell()
         self.process = subprocess.Popen(
             embedded_xinference.server_command(venv_dir, host="127.0.0.1", port=self.port),
             env={**os.environ, **embedded_xinference.server_env(self.home)},
@@ -61,13 +90,13 @@ class XinferenceServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_ready()
+        return started_at
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"Xinference exited; see {self.home / 'server.log'}")
+                raise XinferenceExited(f"Xinference exited; see {self.home / 'server.log'}")
             try:
                 if httpx.get(f"{self.endpoint}/v1/models", timeout=2).status_code == 200:
                     return

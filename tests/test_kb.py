@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import random
+import string
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -584,3 +586,31 @@ def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
     hits = search(client, kb, "how do I cache a python function call?", mode="fulltext", top_k=3)
     assert hits[0]["document_name"] == "cache.txt"
     assert search(client, kb, "zebra", mode="fulltext") == []
+
+
+def test_a_chunk_row_keeps_its_vector_and_search_terms_inline(team) -> None:
+    """kb/0011: a chunk's row of a 1,000-character passage and a 384-float vector (about 4.5 kB)
+    keeps both in the row, where an exact vector scan and full-text ranking read them; past
+    PostgreSQL's default 2 kB they went out to the TOAST table, fetched one by one per search."""
+    provider = Provider.objects.create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
+    model = ModelRegistration.objects.create(
+        team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=384
+    )
+    kb = kb_create(team=team, name="Docs", embedding_model=model)
+    document = Document.objects.create(
+        knowledge_base=kb, team=team, original_name="long.txt", sha256="1" * 64, size_bytes=1, status="ready"
+    )
+    rng = random.Random(11)  # noqa: S311
+    text = " ".join("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(125))
+    vector = str([round(rng.uniform(-1, 1), 6) for _ in range(384)])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
+            "embedding, search_vector) VALUES (%s, %s, %s, 0, %s, '{}', 384, %s::vector, to_tsvector('simple', %s)) "
+            "RETURNING pg_column_toast_chunk_id(embedding), pg_column_toast_chunk_id(search_vector), "
+            "pg_column_size(embedding) + pg_column_size(search_vector) + pg_column_size(text)",
+            [kb.pk, document.pk, kb.generation, text, vector, fulltext.index_text(text)],
+        )
+        vector_toast, terms_toast, row_values = cursor.fetchone()
+    assert row_values > 4000  # well past the 2 kB at which PostgreSQL would move values out
+    assert (vector_toast, terms_toast) == (None, None)
