@@ -109,14 +109,15 @@ def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchReques
     return hits[: request.top_k]
 
 
-def _filters(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> tuple[str, list[Any]]:
+def _filters(
+    knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, *, with_disabled: bool = False
+) -> tuple[str, list[Any]]:
     """Every search's WHERE: the knowledge bases' live generations, less the chunks a member
-    disabled (kb.chunk_edits). A filter, not part of the HNSW indexes' predicate: an iterative
-    scan skips disabled rows as it skips other knowledge bases' rows."""
-    clauses = [
-        "(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))",
-        "NOT c.disabled",
-    ]
+    disabled (kb.chunk_edits) unless `with_disabled`. A filter, not part of the HNSW indexes'
+    predicate: an iterative scan skips disabled rows as it skips other knowledge bases' rows."""
+    clauses = ["(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"]
+    if not with_disabled:
+        clauses.append("NOT c.disabled")
     params: list[Any] = [[kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]]
     if request.document_ids:
         clauses.append("c.document_id = ANY(%s)")
@@ -182,7 +183,7 @@ def _vector_search(
         dims = int(model.dimensions or 0)
         where, params = _filters(group, request)
         # Decided while the query's embedding is still on its way.
-        exact = _at_most_chunks(where, params, settings.KB_EXACT_SEARCH_MAX_CHUNKS)
+        exact = _at_most_chunks(group, request, settings.KB_EXACT_SEARCH_MAX_CHUNKS)
         if not exact and any(kb.vector_index != VectorIndex.READY for kb in group):
             # Right but slower until the worker has put them in the index.
             from kb.services import kb_request_vector_index
@@ -212,8 +213,12 @@ def _vector_search(
     return merge_by_score(lists)
 
 
-def _at_most_chunks(where: str, params: list[Any], most: int) -> bool:
-    """Whether the filtered chunks number at most `most`; counts no further than that."""
+def _at_most_chunks(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, most: int) -> bool:
+    """Whether the chunks searched number at most `most`; counts no further than that. Disabled
+    chunks are counted too: without them in the filter, the (knowledge base, generation) index
+    answers alone, without reading a row (1 ms against 6 ms at 7,808 chunks, a whole-table
+    scan at the layout of kb/0011), and the few a member disabled never matter to the choice."""
+    where, params = _filters(knowledge_bases, request, with_disabled=True)
     with connection.cursor() as cursor:
         # `where` is built from constants by _filters; every value travels as a parameter.
         sql = f"SELECT count(*) FROM (SELECT 1 FROM kb_chunk c WHERE {where} LIMIT %s) AS bounded"  # noqa: S608
