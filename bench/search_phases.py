@@ -16,6 +16,7 @@ Appends its section to the report named by BENCH_REPORT (default <date>-<machine
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable
@@ -94,16 +95,9 @@ def fill(team, model):  # type: ignore[no-untyped-def]
     return kb
 
 
-LAYOUTS = {
-    "inline (kb/0011)": [
-        "ALTER TABLE kb_chunk SET (toast_tuple_target = 8160)",
-        "ALTER TABLE kb_chunk ALTER COLUMN embedding SET STORAGE MAIN",
-    ],
-    "TOAST past 2 kB (before)": [
-        "ALTER TABLE kb_chunk RESET (toast_tuple_target)",
-        "ALTER TABLE kb_chunk ALTER COLUMN embedding SET STORAGE EXTERNAL",
-    ],
-}
+# The migration's own statements: forward is the layout now, backward the one before it.
+CHUNK_ROWS_INLINE = importlib.import_module("kb.migrations.0011_chunk_rows_inline")
+LAYOUTS = {"inline (kb/0011)": CHUNK_ROWS_INLINE.FORWARD, "TOAST past 2 kB (before)": CHUNK_ROWS_INLINE.BACKWARD}
 
 
 def use_layout(statements: list[str]) -> dict[str, int]:
