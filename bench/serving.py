@@ -150,12 +150,13 @@ def main() -> None:
                 web.terminate()
                 web.wait(timeout=30)
         model_ttft_ms = asyncio.run(direct_first_tokens(fake_url))
+        own_cost = api_own_cost(secrets[0], kb.pk)
     finally:
         if worker is not None:
             worker.stop()
         fake.shutdown()
         server.stop()
-    append_report(render(figures, load, corpus_chunks, embedding_ms, model_ttft_ms), "-serving")
+    append_report(render(figures, own_cost, load, corpus_chunks, embedding_ms, model_ttft_ms), "-serving")
 
 
 def fill_knowledge_base(env: dict[str, str], secret: str, kb_id: int) -> int:
@@ -185,6 +186,44 @@ def fill_knowledge_base(env: dict[str, str], secret: str, kb_id: int) -> int:
             raise RuntimeError("the knowledge base's documents were not ingested in 15 minutes")
         time.sleep(1)
     return Chunk.objects.filter(knowledge_base_id=kb_id).count()
+
+
+def api_own_cost(secret: str, kb_id: int) -> dict[str, list[float]]:
+    """The parts of a plain GET (`/api/v1/knowledge-bases/{id}/`) that are the API's own, each
+    timed on its own in this process against the same PostgreSQL and Redis: what the view
+    does besides looking up the object. The object's lookup is timed too, to be shown apart."""
+    from django.test import RequestFactory, override_settings
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.request import Request
+
+    from accounts.audit import api_key_use_record
+    from accounts.authentication import ApiKeyAuthentication
+    from accounts.selectors import api_key_get_active
+    from kb.api import KnowledgeBaseSerializer, KnowledgeBaseViewSet
+
+    path = f"/api/v1/knowledge-bases/{kb_id}/"
+
+    def request() -> Request:
+        return Request(RequestFactory().get(path, HTTP_AUTHORIZATION=f"Bearer {secret}"))
+
+    key = api_key_get_active(secret=secret)
+    assert key is not None
+    signed_in = request()
+    signed_in.user, signed_in.auth = key.user, key
+    view = KnowledgeBaseViewSet(request=signed_in, action="retrieve", kwargs={"pk": str(kb_id)}, format_kwarg=None)
+    kb = view.get_object()
+
+    def serialise() -> None:
+        JSONRenderer().render(KnowledgeBaseSerializer(kb, context={"request": signed_in}).data)
+
+    parts: dict[str, Callable[[], object]] = {
+        "authentication (key lookup and rate limit)": lambda: ApiKeyAuthentication().authenticate(request()),
+        "audit row": lambda: api_key_use_record(key=key, request=signed_in, status_code=200),
+        "serialisation": serialise,
+        "the object's lookup (the view's query)": view.get_object,
+    }
+    with override_settings(API_RATE_LIMIT_KEY_PER_MINUTE=10**9, API_RATE_LIMIT_TEAM_PER_MINUTE=10**9):
+        return {label: timed_calls(call, 300)[30:] for label, call in parts.items()}
 
 
 def timed_calls(call: Callable[[], object], count: int) -> list[float]:
@@ -336,7 +375,12 @@ def ratio_of_p95(many: list[float], one: list[float]) -> str:
 
 
 def render(
-    figures: dict[str, Figures], load: Load, chunks: int, embedding_ms: list[float], model_ttft_ms: list[float]
+    figures: dict[str, Figures],
+    own_cost: dict[str, list[float]],
+    load: Load,
+    chunks: int,
+    embedding_ms: list[float],
+    model_ttft_ms: list[float],
 ) -> str:
     lines = [
         f"\n## Serving: many API clients at once ({date.today().isoformat()})\n",
@@ -360,6 +404,17 @@ def render(
     for label, figure in figures.items():
         if figure.errors:
             lines.append(f"- {label}, first error: `{figure.errors[0]}`")
+    own_parts = [label for label in own_cost if not label.startswith("the object")]
+    own_total = sum(p50_p95(own_cost[label])[0] for label in own_parts)
+    lines += [
+        "",
+        "### The API's own cost in a plain GET (in process, one at a time, ms)\n",
+        "| part | p50 | p95 |",
+        "| --- | ---: | ---: |",
+        *(f"| {label} | {p50_p95(times)[0]:.2f} | {p50_p95(times)[1]:.2f} |" for label, times in own_cost.items()),
+        "",
+        f"The API's own cost (the sum of the p50s of {', '.join(own_parts)}): **{own_total:.1f} ms**.",
+    ]
     embedding, model = pair(embedding_ms), pair(model_ttft_ms)
     lines += [
         "",

@@ -14,7 +14,9 @@ import pytest
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission
 from django.core.files.base import ContentFile
+from django.db import connection
 from django.test import Client, RequestFactory, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from playwright.sync_api import expect
 from rest_framework.test import APIClient
@@ -332,6 +334,32 @@ def test_a_long_path_is_cut_and_a_failed_audit_write_is_logged_not_raised(
     assert "could not record the use of API key" in caplog.text
     # The failed INSERT was rolled back to its savepoint: the surrounding transaction still works.
     assert ApiKeyUse.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_audit_row_outside_a_transaction_is_one_statement_and_a_failure_leaves_the_connection_usable(
+    team, caplog: pytest.LogCaptureFixture
+) -> None:
+    user = member_of(team, Role.ADMIN)
+    key, _secret = api_key_create(user=user, team=team, name="autocommit")
+    request = RequestFactory().get("/api/v1/teams/?secret=1", REMOTE_ADDR="10.1.2.3")
+    with CaptureQueriesContext(connection) as queries:
+        api_key_use_record(key=key, request=request, status_code=200)
+    assert len(queries.captured_queries) == 1
+    row = ApiKeyUse.objects.get()
+    assert (row.key_id, row.team_id, row.user_id, row.method, row.path, row.status_code, row.client_ip) == (
+        key.pk,
+        team.pk,
+        user.pk,
+        "GET",
+        "/api/v1/teams/",
+        200,
+        "10.1.2.3",
+    )
+    with caplog.at_level("ERROR", logger="accounts.audit"):
+        api_key_use_record(key=key, request=request, status_code=70_000)
+    assert "could not record the use of API key" in caplog.text
+    assert ApiKeyUse.objects.count() == 1  # the connection answers after the failed statement
 
 
 @pytest.mark.django_db

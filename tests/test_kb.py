@@ -350,6 +350,23 @@ def queued(for_team, count: int, name: str = "kb", port: int = 1) -> list[int]:
     ]
 
 
+def test_the_knowledge_base_list_counts_documents_in_one_query_whatever_its_length(team) -> None:
+    client = bearer_client(member_of(team), team)
+    client.get("/api/v1/knowledge-bases/")  # the key's first use also writes its last_used_at
+    queued(team, 3, name="first", port=1)
+    with CaptureQueriesContext(connection) as one_row:
+        first = client.get("/api/v1/knowledge-bases/").json()["results"]
+    queued(team, 2, name="second", port=2)
+    queued(team, 0, name="third", port=3)
+    with CaptureQueriesContext(connection) as three_rows:
+        rows = client.get("/api/v1/knowledge-bases/").json()["results"]
+    assert [row["document_count"] for row in first] == [3]
+    assert sorted(row["document_count"] for row in rows) == [0, 2, 3]
+    assert len(three_rows.captured_queries) == len(one_row.captured_queries)
+    detail = client.get(f"/api/v1/knowledge-bases/{rows[0]['id']}/").json()
+    assert detail["document_count"] == rows[0]["document_count"]
+
+
 def test_dispatch_is_fair_between_teams(team, other_team) -> None:
     busy = queued(team, 50)
     small = queued(other_team, 1)

@@ -232,6 +232,41 @@ def test_api_keys_still_work_while_redis_is_down_and_are_limited_again_after(tea
     assert [client.get("/api/v1/teams/").status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_rate_limit_checks_from_many_threads_share_one_redis_connection_pool(team) -> None:
+    """Django makes a cache backend per thread (and per request context under ASGI): with Django's
+    own RedisCache each made its pool, and every API request opened a Redis connection."""
+    import threading
+
+    from django.core.cache import caches
+
+    from accounts.rate_limits import rate_limit_check
+    from runtime.redis_cache import SharedPoolRedisCache
+
+    def shared_pool_cache() -> SharedPoolRedisCache:
+        cache = caches["default"]
+        assert isinstance(cache, SharedPoolRedisCache)
+        return cache
+
+    key, _secret = api_key_create(user=member_of(team, Role.MEMBER), team=team, name="threads")
+    pools = []
+
+    def check_in_a_new_thread() -> None:
+        rate_limit_check(key)
+        pools.append(shared_pool_cache().redis_client().connection_pool)
+
+    def connected_clients() -> int:
+        return int(shared_pool_cache().redis_client().info("clients")["connected_clients"])
+
+    check_in_a_new_thread()
+    before = connected_clients()
+    for _ in range(20):
+        thread = threading.Thread(target=check_in_a_new_thread)
+        thread.start()
+        thread.join()
+    assert len({id(pool) for pool in pools}) == 1
+    assert connected_clients() <= before + 1
+
+
 def test_v1_models_offers_a_new_teams_default_assistant(team) -> None:
     from models_registry.services import provider_create, registration_create, team_defaults_set
 
