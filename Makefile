@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 # launches and workers (a fresh clone: pytest 20:50 with 2, 18:13 with 3).
 TEST_PROCESSES ?= 3
 
-.PHONY: run test xinference-venv-in-background lint typecheck bench bench-chunking bench-search bench-streams bench-serving drills lock messages clean
+.PHONY: run test xinference-venv-in-background lint typecheck bench bench-chunking bench-search bench-vector-index bench-streams bench-serving drills lock messages clean
 
 # The platform's environment: pinned, hashed dependencies installed by uv (reproducible, and it
 # ignores machine-wide pip indexes that could serve a different build of a pinned version).
@@ -93,6 +93,10 @@ bench-serving: $(VENV)/.dev
 # Where a search's time goes (query embedding, each mode), with the chunk rows inline and as before.
 bench-search: $(VENV)/.dev
 	$(PY) bench/search_phases.py
+
+# Search at 100,000 chunks on the HNSW index, each chunk a distinct real sentence (not a copy).
+bench-vector-index: $(VENV)/.dev
+	$(PY) bench/vector_index.py
 
 # The chunking default's evidence: the corpus ingested once per setting, quality per mode.
 bench-chunking: $(VENV)/.dev

@@ -26,10 +26,12 @@ for any provider."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import resource
 import secrets
 import statistics
@@ -71,6 +73,11 @@ SQL_MODELS = model_specs(os.environ.get("BENCH_SQL_MODELS", "smollm2"))
 SQL_QUESTIONS = int(os.environ["BENCH_SQL_QUESTIONS"]) if os.environ.get("BENCH_SQL_QUESTIONS") else None
 # Chunk counts the search-latency rows are padded to (BENCH_SIZES, comma-separated).
 SIZES = [int(size) for size in os.environ.get("BENCH_SIZES", "10000,100000").split(",") if size]
+# Padding past the corpus size (pad_chunks): distinct sentences, their vectors kept between runs.
+SENTENCE_CACHE_DIR = BENCH_DIR / "vector-index"
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SENTENCE_CHARS = (40, 400)
+EMBED_BATCH = 256
 QUERIES = 50
 BENCH_VENV = BENCH_DIR / "bench-venv"
 PACKAGES = ("python3.11-doc", "debian-reference-zh-cn")
@@ -518,9 +525,8 @@ def main() -> None:
             )
 
             log(f"{LANGS[0]}: search latency at the corpus size, then padded to {SIZES}")
-            rng = np.random.default_rng(7)
             for size in [ingestion[LANGS[0]].chunks, *SIZES]:
-                pad_chunks(primary, size, rng)
+                pad_chunks(primary, size, embedder)
                 if size > settings.KB_EXACT_SEARCH_MAX_CHUNKS:
                     # What the worker does once a knowledge base grows past it (the padding bypasses
                     # the ingestion that would ask it to).
@@ -811,34 +817,113 @@ def render_chat(chat: ChatFigures) -> str:
     )
 
 
-def pad_chunks(kb, size: int, rng) -> None:  # type: ignore[no-untyped-def]
-    """Grow the knowledge base to `size` chunks with noisy copies of its real chunks (text kept,
-    vector perturbed and renormalised), inserted straight into the table."""
-    import numpy as np
-    from django.db import connection
-
+def pad_chunks(kb, size: int, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Grow the knowledge base to `size` chunks with distinct sentences of the corpus, each embedded
+    by the knowledge base's model. Not copies of its own chunks: a noisy copy lies next to its
+    original in vector space, and a question's nearest chunks were then near ties, unlike real text."""
     from kb.models import Chunk
 
     current = Chunk.objects.filter(knowledge_base=kb).count()
     if current >= size:
         return
-    real = list(
-        Chunk.objects.filter(knowledge_base=kb, metadata__synthetic__isnull=True).values_list(
-            "document_id", "text", "embedding", "search_vector"
-        )
+    pool = distinct_sentences(max(SIZES))
+    padded = Chunk.objects.filter(knowledge_base=kb, metadata__synthetic=True).count()
+    if padded + size - current > len(pool):
+        raise SystemExit(f"the corpus has {len(pool)} distinct sentences, too few to pad to {size} chunks")
+    vectors = sentence_vectors(pool, embedder, kb.embedding_model.provider_model_uid)
+    taken = slice(padded, padded + size - current)
+    store_chunks(
+        kb,
+        kb.documents.values_list("pk", flat=True).first(),
+        pool[taken],
+        vectors[taken],
+        first_ordinal=1_000_000 + padded,
+        metadata='{"synthetic": true}',
     )
-    rows = []
-    for ordinal in range(current, size):
-        document_id, text, vector, _ = real[rng.integers(0, len(real))]
-        noisy = np.asarray(vector, dtype=np.float32) + rng.normal(0, 0.02, len(vector)).astype(np.float32)
-        noisy /= np.linalg.norm(noisy)
-        rows.append((kb.pk, document_id, kb.generation, 1_000_000 + ordinal, text, 384, json.dumps(noisy.tolist())))
+
+
+def distinct_sentences(count: int) -> list[str]:
+    """The first `count` distinct sentences of the English pages and then the rest of the corpus's
+    text files, in path order (the same in every run), each between 40 and 400 characters."""
+    from kb.parsing import parse
+
+    root = BENCH_DIR / "corpus"
+    corpus(["en"])  # downloads and unpacks the corpus on a first run
+    pages = sorted(root.glob("usr/share/doc/python3.11/html/**/*.html")) + sorted(
+        path for path in root.glob("usr/share/**/*.txt") if path.is_file()
+    )
+    seen: set[str] = set()
+    sentences: list[str] = []
+    for page in pages:
+        kind = "html" if page.suffix == ".html" else "text"
+        try:
+            sections = parse(page, kind, page.name)
+        except Exception as exc:  # a page the parser refuses is skipped, as an upload would fail
+            log(f"skipped {page.relative_to(root)}: {exc}")
+            continue
+        for section in sections:
+            for sentence in SENTENCE_END.split(section.text):
+                sentence = " ".join(sentence.split())
+                key = sentence.lower()
+                if SENTENCE_CHARS[0] <= len(sentence) <= SENTENCE_CHARS[1] and key not in seen:
+                    seen.add(key)
+                    sentences.append(sentence)
+                    if len(sentences) == count:
+                        return sentences
+    return sentences
+
+
+def sentence_vectors(sentences: list[str], embedder, model_uid: str):  # type: ignore[no-untyped-def]
+    """The sentences' vectors from the cache, or embedded in batches through the platform's client."""
+    import numpy as np
+
+    digest = hashlib.sha256(("\n".join(sentences) + model_uid).encode()).hexdigest()[:16]
+    cached = SENTENCE_CACHE_DIR / f"{digest}.npy"
+    if cached.exists():
+        log(f"the sentences' vectors from {cached.relative_to(BASE_DIR)}")
+        return np.load(cached, allow_pickle=False)
+    vectors = []
+    started = time.monotonic()
+    for start in range(0, len(sentences), EMBED_BATCH):
+        vectors += embedder.embed_documents(sentences[start : start + EMBED_BATCH])
+        done = start + EMBED_BATCH
+        if done % (EMBED_BATCH * 40) == 0:
+            rate = done / (time.monotonic() - started)
+            log(f"embedded {done} of {len(sentences)} sentences ({rate:.0f}/s)")
+    array = np.asarray(vectors, dtype=np.float32)
+    SENTENCE_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.save(cached, array, allow_pickle=False)
+    return array
+
+
+def store_chunks(
+    kb: Any, document_id: int, sentences: list[str], vectors: Any, *, first_ordinal: int, metadata: str = "{}"
+) -> None:
+    """The rows ingestion writes (vector, search terms), straight into the table."""
+    from django.db import connection
+
+    from kb import fulltext
+
+    rows = [
+        (
+            kb.pk,
+            document_id,
+            kb.generation,
+            first_ordinal + offset,
+            text,
+            metadata,
+            len(vector),
+            json.dumps([float(value) for value in vector]),
+            fulltext.index_text(text),
+        )
+        for offset, (text, vector) in enumerate(zip(sentences, vectors, strict=True))
+    ]
     with connection.cursor() as cursor:
         for start in range(0, len(rows), 2000):
             cursor.executemany(
                 "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
-                "embedding, search_vector) SELECT %s, %s, %s, %s, %s, '{\"synthetic\": true}', %s, %s::vector, "
-                "to_tsvector('simple', '')",
+                "embedding, search_vector) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s::vector, "
+                "to_tsvector('simple', %s))",
                 rows[start : start + 2000],
             )
         cursor.execute("ANALYZE kb_chunk")

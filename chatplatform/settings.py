@@ -99,8 +99,11 @@ MIDDLEWARE = [
     "web.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last, as django-axes requires: turns a locked-out sign-in into the lockout page.
+    # After every middleware but the next, as django-axes requires: turns a locked-out sign-in into
+    # the lockout page.
     "axes.middleware.AxesMiddleware",
+    # Innermost: keeps the whole chain synchronous, in one thread (its docstring says why).
+    "web.middleware.SynchronousChainMiddleware",
 ]
 
 ROOT_URLCONF = "chatplatform.urls"

@@ -42,3 +42,19 @@ class ContentSecurityPolicyMiddleware:
         if match is not None and match.app_name == "web" and "Content-Security-Policy" not in response:
             response["Content-Security-Policy"] = WEB_CSP
         return response
+
+
+class SynchronousChainMiddleware:
+    """The innermost middleware, synchronous only, so that every middleware runs in one thread.
+
+    Under ASGI, Django runs each middleware the way the one inside it runs. Axes, last before
+    this, can run either way, so it ran async; the middlewares that can too (MessageMiddleware,
+    XFrameOptionsMiddleware) followed it, each hook of theirs a thread switch, and the synchronous
+    ones above switched back to the event loop to reach them. Now the chain leaves its thread only
+    around the view."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
