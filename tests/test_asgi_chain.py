@@ -25,7 +25,9 @@ def test_the_asgi_middleware_chain_leaves_its_thread_only_around_the_view() -> N
             middleware.append(current)
         current = getattr(current, "__wrapped__", None) or getattr(current, "get_response", None)
     assert [f"{type(layer).__module__}.{type(layer).__name__}" for layer in middleware] == settings.MIDDLEWARE
+    # Before SynchronousChainMiddleware: MessageMiddleware, XFrameOptionsMiddleware and Axes,
+    # whose hooks each switched threads while a request ran.
     assert [type(layer).__name__ for layer in middleware if iscoroutinefunction(layer)] == []
     # Into the thread for the whole chain, back to the event loop for the view's call (which runs
-    # a synchronous view in that same thread). With Axes innermost and async, there were four.
+    # a synchronous view in that same thread).
     assert switches == ["SyncToAsync", "AsyncToSync"]
