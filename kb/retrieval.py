@@ -227,36 +227,55 @@ def _at_most_chunks(knowledge_bases: Sequence[KnowledgeBase], request: SearchReq
     return int(count) <= most
 
 
+# From this many chunks in the knowledge bases searched, a question's common terms (each in more
+# than COMMON_TERM_SHARE of the chunks) stop picking candidates; they still count in every
+# candidate's score. Otherwise full text ranks every chunk holding a common term, tens of
+# thousands at 100k chunks: make bench-vector-index's 100k sentences, 60 questions, a list of
+# 30: p50 / p95 91 / 292 ms -> 70 / 133 ms, the same top 10 for every question. Below it every
+# term picks candidates, as the quality bench at the corpus size (7,808 chunks) measured.
+RARE_TERMS_MIN_CHUNKS = 20_000
+COMMON_TERM_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class TermStatistics:
+    weights: dict[str, float]  # each term's BM25 IDF; terms no chunk holds are left out
+    candidate_terms: list[str]  # the terms whose chunks are ranked
+
+
 def _fulltext_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, limit: int) -> list[Hit]:
     """BM25-grade ranking in PostgreSQL: each query term weighs by its inverse document frequency
     in the knowledge bases searched (a rare term like `lru_cache` counts far more than `python`),
     times ts_rank of that term alone (frequency, saturating, over 1 + log of the chunk's length).
     Without the IDF, on natural questions, the common words of a question ranked pages that merely
     repeat them (make bench: English recall@5 0.52 against 0.80 with it)."""
-    weights = _term_weights(knowledge_bases, fulltext.query_terms(request.query))
-    if not weights:
+    statistics = _term_statistics(knowledge_bases, fulltext.query_terms(request.query))
+    if not statistics.weights:
         return []
     where, params = _filters(knowledge_bases, request)
-    queries = [f"'{term}'" for term in weights]
+    queries = [f"'{term}'" for term in statistics.weights]
     # One weighted term per query term, written out: a correlated subquery over the terms cost an
     # aggregate per matching row (bench/search_phases.py: 33-60 ms against 10-22 ms, same ranking).
     score = "(" + " + ".join(["%s * ts_rank(c.search_vector, to_tsquery('simple', %s), 1)"] * len(queries)) + ")"
-    score_params = [value for query, weight in zip(queries, weights.values(), strict=True) for value in (weight, query)]
+    score_params = [
+        value for query, weight in zip(queries, statistics.weights.values(), strict=True) for value in (weight, query)
+    ]
     sql = (
         SELECT_HIT.format(score=score, embedding="NULL", extra_from=", to_tsquery('simple', %s) AS q")
         + f" WHERE c.search_vector @@ q AND {where} ORDER BY score DESC, c.id LIMIT %s"
     )
+    candidates = " | ".join(f"'{term}'" for term in statistics.candidate_terms)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*score_params, " | ".join(queries), *params, limit])
+        cursor.execute(sql, [*score_params, candidates, *params, limit])
         return [_hit(row) for row in cursor.fetchall()]
 
 
-def _term_weights(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) -> dict[str, float]:
+def _term_statistics(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) -> TermStatistics:
     """BM25's IDF, ln(1 + (N - df + 0.5) / (df + 0.5)), of each term over the chunks of the
-    knowledge bases' live generations; terms no chunk holds are left out. N is the documents'
+    knowledge bases' live generations, and the terms that pick candidates. N is the documents'
     chunk counts (no scan); df is one GIN-index count per term, in one round trip."""
     if not terms:
-        return {}
+        return TermStatistics({}, [])
     kb_ids, generations = [kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]
     sql = (
         "SELECT u.term, (SELECT count(*) FROM kb_chunk c WHERE c.search_vector @@ to_tsquery('simple', u.q) "
@@ -270,9 +289,15 @@ def _term_weights(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) ->
         )
         (total,) = cursor.fetchone() or (0,)
         cursor.execute(sql, [kb_ids, generations, terms, [f"'{term}'" for term in terms]])
-        frequencies = dict(cursor.fetchall())
+        frequencies = {term: int(df) for term, df in cursor.fetchall() if df > 0}
     total = max(int(total), max(frequencies.values(), default=0))
-    return {term: math.log(1 + (total - df + 0.5) / (df + 0.5)) for term, df in frequencies.items() if df > 0}
+    weights = {term: math.log(1 + (total - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
+    candidate_terms = list(frequencies)
+    if total >= RARE_TERMS_MIN_CHUNKS and frequencies:
+        rare = [term for term, df in frequencies.items() if df <= COMMON_TERM_SHARE * total]
+        # A question of common words only: its rarest word's chunks are the candidates.
+        candidate_terms = rare or [min(frequencies, key=frequencies.__getitem__)]
+    return TermStatistics(weights, candidate_terms)
 
 
 def _hit(row: Sequence[Any]) -> Hit:

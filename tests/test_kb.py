@@ -605,6 +605,51 @@ def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
     assert search(client, kb, "zebra", mode="fulltext") == []
 
 
+def test_in_a_large_knowledge_base_only_a_questions_rarer_terms_pick_full_text_candidates(team, monkeypatch) -> None:
+    """Past RARE_TERMS_MIN_CHUNKS a term in more than COMMON_TERM_SHARE of the chunks still counts
+    in the score but no longer makes a chunk a candidate: ranking every chunk that holds a common
+    word is what made full text slow at 100k chunks."""
+    from kb import retrieval
+
+    provider = Provider.objects.create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
+    model = ModelRegistration.objects.create(
+        team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=3
+    )
+    kb = kb_create(team=team, name="Docs", embedding_model=model)
+    texts = [f"python install notes number {index}" for index in range(38)]
+    texts += ["python lru_cache memoises a function", "python lru_cache python install python"]
+    document = Document.objects.create(
+        knowledge_base=kb,
+        team=team,
+        original_name="notes.txt",
+        sha256="2" * 64,
+        size_bytes=1,
+        status="ready",
+        chunk_count=len(texts),
+    )
+    with connection.cursor() as cursor:
+        for ordinal, text in enumerate(texts):
+            cursor.execute(
+                "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
+                "embedding, search_vector) VALUES (%s, %s, %s, %s, %s, '{}', 3, '[1,0,0]', to_tsvector('simple', %s))",
+                [kb.pk, document.pk, kb.generation, ordinal, text, fulltext.index_text(text)],
+            )
+    client = bearer_client(member_of(team, Role.VIEWER), team)
+
+    def found(query: str) -> list[str]:
+        return [hit["text"] for hit in search(client, kb, query, mode="fulltext", top_k=10)]
+
+    # 40 chunks, below the size: every term picks candidates.
+    assert len(found("python lru_cache")) == 10
+    monkeypatch.setattr(retrieval, "RARE_TERMS_MIN_CHUNKS", 40)
+    # lru_cache is in 2 of 40 chunks (5%): only its chunks are candidates.
+    assert sorted(found("python lru_cache")) == sorted(texts[38:])
+    # A question of common words only still finds chunks: its rarest word's.
+    common_only = found("python install")
+    assert len(common_only) == 10
+    assert all("install" in text for text in common_only)
+
+
 def test_a_chunk_row_keeps_its_vector_and_search_terms_inline(team) -> None:
     """kb/0011: a chunk's row of a 1,000-character passage and a 384-float vector (about 4.5 kB)
     keeps both in the row, where an exact vector scan and full-text ranking read them; past
