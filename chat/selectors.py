@@ -16,7 +16,13 @@ def conversations_visible(
 ) -> QuerySet[Conversation]:
     """The actor's own conversations and their teams' rooms (with a key: its team's only)."""
     rows = queryset if queryset is not None else Conversation.objects.all()
-    return team_scoped(rows, user=user, api_key=api_key).filter(Q(owner=user) | Q(is_room=True))
+    return team_scoped(rows, user=user, api_key=api_key).filter(own_or_room(user))
+
+
+def own_or_room(user: User | AnonymousUser | None, *, through: str = "") -> Q:
+    """Which of a team's conversations the user sees: their own, and the rooms. `through` names
+    the relation that reaches the conversation from another model (`file_conversation__`)."""
+    return Q(**{f"{through}owner": user}) | Q(**{f"{through}is_room": True})
 
 
 def messages_visible(*, user: User | AnonymousUser | None, api_key: ApiKey | None = None) -> QuerySet[Message]:
