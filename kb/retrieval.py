@@ -253,7 +253,7 @@ def _fulltext_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRe
     if not statistics.weights:
         return []
     where, params = _filters(knowledge_bases, request)
-    queries = [f"'{term}'" for term in statistics.weights]
+    queries = [_lexeme(term) for term in statistics.weights]
     # One weighted term per query term, written out: a correlated subquery over the terms cost an
     # aggregate per matching row (bench/search_phases.py: 33-60 ms against 10-22 ms, same ranking).
     score = "(" + " + ".join(["%s * ts_rank(c.search_vector, to_tsquery('simple', %s), 1)"] * len(queries)) + ")"
@@ -264,7 +264,7 @@ def _fulltext_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRe
         SELECT_HIT.format(score=score, embedding="NULL", extra_from=", to_tsquery('simple', %s) AS q")
         + f" WHERE c.search_vector @@ q AND {where} ORDER BY score DESC, c.id LIMIT %s"
     )
-    candidates = " | ".join(f"'{term}'" for term in statistics.candidate_terms)
+    candidates = " | ".join(_lexeme(term) for term in statistics.candidate_terms)
     with connection.cursor() as cursor:
         cursor.execute(sql, [*score_params, candidates, *params, limit])
         return [_hit(row) for row in cursor.fetchall()]
@@ -288,7 +288,7 @@ def _term_statistics(knowledge_bases: Sequence[KnowledgeBase], terms: list[str])
             "SELECT coalesce(sum(chunk_count), 0) FROM kb_document WHERE knowledge_base_id = ANY(%s)", [kb_ids]
         )
         (total,) = cursor.fetchone() or (0,)
-        cursor.execute(sql, [kb_ids, generations, terms, [f"'{term}'" for term in terms]])
+        cursor.execute(sql, [kb_ids, generations, terms, [_lexeme(term) for term in terms]])
         frequencies = {term: int(df) for term, df in cursor.fetchall() if df > 0}
     total = max(int(total), max(frequencies.values(), default=0))
     weights = {term: math.log(1 + (total - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
@@ -298,6 +298,11 @@ def _term_statistics(knowledge_bases: Sequence[KnowledgeBase], terms: list[str])
         # A question of common words only: its rarest word's chunks are the candidates.
         candidate_terms = rare or [min(frequencies, key=frequencies.__getitem__)]
     return TermStatistics(weights, candidate_terms)
+
+
+def _lexeme(term: str) -> str:
+    """A term as to_tsquery takes it as it is: quoted (terms are letters and digits, kb.fulltext)."""
+    return f"'{term}'"
 
 
 def _hit(row: Sequence[Any]) -> Hit:
