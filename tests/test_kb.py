@@ -572,17 +572,15 @@ def test_indexing_resumes_where_a_killed_worker_stopped_and_touches_no_other_kno
         assert cursor.fetchone()[0] == target.pk  # found through the index
 
 
-def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
-    """BM25's IDF: a question's rare word finds the one passage that has it, even when other
-    passages repeat the question's common words many times (without the IDF they won)."""
+def full_text_knowledge_base(team, documents: dict[str, list[str]]) -> KnowledgeBase:
+    """A knowledge base whose documents (name: chunk texts) are stored as ingestion stores them,
+    search terms included, with a placeholder vector: for full-text searches."""
     provider = Provider.objects.create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
     model = ModelRegistration.objects.create(
         team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=3
     )
     kb = kb_create(team=team, name="Docs", embedding_model=model)
-    texts = {f"common-{index}.txt": "python function call python function python install " * 3 for index in range(8)}
-    texts["cache.txt"] = "Decorate the function with lru_cache to memoise its results."
-    for name, text in texts.items():
+    for name, texts in documents.items():
         document = Document.objects.create(
             knowledge_base=kb,
             team=team,
@@ -591,14 +589,26 @@ def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
             size_bytes=1,
             content_type="text/plain",
             status="ready",
-            chunk_count=1,
+            chunk_count=len(texts),
         )
         with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
-                "embedding, search_vector) VALUES (%s, %s, %s, 0, %s, '{}', 3, '[1,0,0]', to_tsvector('simple', %s))",
-                [kb.pk, document.pk, kb.generation, text, fulltext.index_text(text)],
-            )
+            for ordinal, text in enumerate(texts):
+                cursor.execute(
+                    "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, "
+                    "dims, embedding, search_vector) VALUES (%s, %s, %s, %s, %s, '{}', 3, '[1,0,0]', "
+                    "to_tsvector('simple', %s))",
+                    [kb.pk, document.pk, kb.generation, ordinal, text, fulltext.index_text(text)],
+                )
+    return kb
+
+
+def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
+    """BM25's IDF: a question's rare word finds the one passage that has it, even when other
+    passages repeat the question's common words many times (without the IDF they won)."""
+    common = "python function call python function python install " * 3
+    documents = {f"common-{index}.txt": [common] for index in range(8)}
+    documents["cache.txt"] = ["Decorate the function with lru_cache to memoise its results."]
+    kb = full_text_knowledge_base(team, documents)
     client = bearer_client(member_of(team, Role.VIEWER), team)
     hits = search(client, kb, "how do I cache a python function call?", mode="fulltext", top_k=3)
     assert hits[0]["document_name"] == "cache.txt"
@@ -611,29 +621,9 @@ def test_in_a_large_knowledge_base_only_a_questions_rarer_terms_pick_full_text_c
     word is what made full text slow at 100k chunks."""
     from kb import retrieval
 
-    provider = Provider.objects.create(team=team, name="p", kind="openai_compatible", endpoint="http://127.0.0.1:9")
-    model = ModelRegistration.objects.create(
-        team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=3
-    )
-    kb = kb_create(team=team, name="Docs", embedding_model=model)
     texts = [f"python install notes number {index}" for index in range(38)]
     texts += ["python lru_cache memoises a function", "python lru_cache python install python"]
-    document = Document.objects.create(
-        knowledge_base=kb,
-        team=team,
-        original_name="notes.txt",
-        sha256="2" * 64,
-        size_bytes=1,
-        status="ready",
-        chunk_count=len(texts),
-    )
-    with connection.cursor() as cursor:
-        for ordinal, text in enumerate(texts):
-            cursor.execute(
-                "INSERT INTO kb_chunk (knowledge_base_id, document_id, generation, ordinal, text, metadata, dims, "
-                "embedding, search_vector) VALUES (%s, %s, %s, %s, %s, '{}', 3, '[1,0,0]', to_tsvector('simple', %s))",
-                [kb.pk, document.pk, kb.generation, ordinal, text, fulltext.index_text(text)],
-            )
+    kb = full_text_knowledge_base(team, {"notes.txt": texts})
     client = bearer_client(member_of(team, Role.VIEWER), team)
 
     def found(query: str) -> list[str]:
