@@ -26,6 +26,7 @@ for any provider."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -842,6 +843,7 @@ def pad_chunks(kb, size: int, embedder) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+@functools.cache  # pad_chunks asks once per size; reading the corpus takes about a minute
 def distinct_sentences(count: int) -> list[str]:
     """The first `count` distinct sentences of the English pages and then the rest of the corpus's
     text files, in path order (the same in every run), each between 40 and 400 characters."""

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from run import BASE_DIR, BENCH_DIR, append_report, corpus, launch_offline_models, log, percentile, platform_setup
+from quality import LANGUAGES, question_sets
+from run import BENCH_DIR, append_report, corpus, launch_offline_models, log, percentile, platform_setup
 
 QUERIES = 60
 REPEATS = 3
@@ -129,9 +130,7 @@ def main() -> None:
     from models_registry.langchain_models import embeddings_for
     from realservices.xinference import XinferenceServer
 
-    question_file = BASE_DIR / "bench" / "questions" / "python-en.jsonl"
-    lines = [line for line in question_file.read_text().splitlines() if line.strip()]
-    questions = [json.loads(line)["question"] for line in lines[:QUERIES]]
+    questions = [item["question"] for item in question_sets(LANGUAGES["en"])[0].items][:QUERIES]
     server = XinferenceServer(home=BENCH_DIR / "xinference-home")
     log("starting Xinference and the embedding model")
     server.start()

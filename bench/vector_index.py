@@ -21,11 +21,10 @@ BENCH_REPORT (default <date>-<machine>-vector-index)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 
-from quality import LANGUAGES
+from quality import LANGUAGES, question_sets
 from run import (
     BASE_DIR,
     append_report,
@@ -58,11 +57,7 @@ def main() -> None:
     sentences = distinct_sentences(max(SIZES))
     if len(sentences) < max(SIZES):
         raise SystemExit(f"the corpus has {len(sentences)} distinct sentences, fewer than {max(SIZES)}")
-    questions = [
-        json.loads(line)["question"]
-        for line in (BASE_DIR / "bench" / "questions" / f"{LANGUAGES['en'].stem}.jsonl").read_text().splitlines()
-        if line.strip()
-    ][:QUERY_COUNT]
+    questions = [item["question"] for item in question_sets(LANGUAGES["en"])[0].items][:QUERY_COUNT]
     name = f"vector-index-{time.time():.0f}"
     server = XinferenceServer(home=BASE_DIR / "var" / "bench" / "xinference-home")
     log("starting Xinference and the embedding model")
@@ -111,9 +106,7 @@ def main() -> None:
             rows[size] = row
     finally:
         server.stop()
-    append_report(
-        render(rows, query_ms, float(np.mean([len(text) for text in sentences[: max(SIZES)]]))), "-vector-index"
-    )
+    append_report(render(rows, query_ms, float(np.mean([len(text) for text in sentences]))), "-vector-index")
 
 
 def p50_p95(values: list[float]) -> str:
