@@ -14,32 +14,23 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import cast
 
-import redis
 from django.conf import settings
-from django.core.cache import cache
 from redis import RedisError
 from rest_framework.exceptions import Throttled
 
 from accounts.models import ApiKey
-from runtime.redis_cache import SharedPoolRedisCache
+from runtime.redis_cache import shared_redis_client
 
 WINDOW_S = 60
 logger = logging.getLogger(__name__)
-
-
-def _counter_client() -> redis.Redis:
-    """The cache's own Redis client (its URL, timeouts and the process's connection pool): the
-    cache API has no pipeline."""
-    return cast(SharedPoolRedisCache, cache).redis_client()
 
 
 def _sliding_counts(buckets: list[str], now: float) -> list[float]:
     """Count this request in each bucket's minute and return each bucket's requests in the minute
     that ends now. One round trip for all buckets: this runs before every API request's view."""
     window = int(now // WINDOW_S)
-    pipeline = _counter_client().pipeline(transaction=False)
+    pipeline = shared_redis_client().pipeline(transaction=False)
     for bucket in buckets:
         current = f"ratelimit:{bucket}:{window}"
         pipeline.incr(current)

@@ -901,7 +901,8 @@ def sentence_vectors(sentences: list[str], embedder, model_uid: str):  # type: i
 def store_chunks(
     kb: Any, document_id: int, sentences: list[str], vectors: Any, *, first_ordinal: int, metadata: str = "{}"
 ) -> None:
-    """The rows ingestion writes (vector, search terms), straight into the table."""
+    """The rows ingestion writes (vector, search terms), straight into the table, and the
+    document's chunk count."""
     from django.db import connection
 
     from kb import fulltext
@@ -928,6 +929,9 @@ def store_chunks(
                 "to_tsvector('simple', %s))",
                 rows[start : start + 2000],
             )
+        # A search reads a knowledge base's size from its documents' counts (BM25's N, the
+        # common-term rule of kb.retrieval), as ingestion keeps them.
+        cursor.execute("UPDATE kb_document SET chunk_count = chunk_count + %s WHERE id = %s", [len(rows), document_id])
         cursor.execute("ANALYZE kb_chunk")
 
 

@@ -4,7 +4,9 @@ threshold, document filters, MMR and an optional rerank."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,6 +17,7 @@ import numpy as np
 import openai
 from django.conf import settings
 from django.db import connection, transaction
+from redis import RedisError
 
 from core.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
@@ -22,6 +25,7 @@ from kb.models import KnowledgeBase, RetrievalMode, VectorIndex
 from kb.vector_indexes import embedding_expression, index_predicate, vector_type
 from models_registry.langchain_models import embeddings_for, reranker_for
 from models_registry.models import ModelRegistration
+from runtime.redis_cache import shared_redis_client
 
 # The constant of reciprocal rank fusion. Cormack et al. used 60 over many long lists; over our
 # two lists of natural questions' candidates a smaller one lets a list's clear first place count:
@@ -36,6 +40,7 @@ HYBRID_MIN_POOL = 30
 # text 0.76, equal-weight fusion 0.64, this weight 0.74 with recall@5 0.95 -> 0.98; 2 to 4 all gave
 # 0.73 to 0.76). English questions keep equal weights.
 UNCOVERED_LANGUAGE_FULLTEXT_WEIGHT = 3.0
+logger = logging.getLogger(__name__)
 
 
 class SearchError(DomainError):
@@ -230,11 +235,13 @@ def _at_most_chunks(knowledge_bases: Sequence[KnowledgeBase], request: SearchReq
 # From this many chunks in the knowledge bases searched, a question's common terms (each in more
 # than COMMON_TERM_SHARE of the chunks) stop picking candidates; they still count in every
 # candidate's score. Otherwise full text ranks every chunk holding a common term, tens of
-# thousands at 100k chunks: make bench-vector-index's 100k sentences, 60 questions, a list of
-# 30: p50 / p95 91 / 292 ms -> 70 / 133 ms, the same top 10 for every question. Below it every
-# term picks candidates, as the quality bench at the corpus size (7,808 chunks) measured.
+# thousands at 100k chunks. make bench-vector-index's 100k sentences, 60 questions, a list of 30,
+# term counts kept: every term picking 62 / 132 ms p50 / p95; above 5% 61 / 105 ms, the same top 10
+# for all 60; above 2% 30 / 57 ms, the same top 10 for 58 (98.3% of the top-10 chunks); above 1%
+# 17 / 29 ms but 96%. Below it every term picks candidates, as the quality bench at the corpus size
+# (7,808 chunks) measured.
 RARE_TERMS_MIN_CHUNKS = 20_000
-COMMON_TERM_SHARE = 0.05
+COMMON_TERM_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -273,31 +280,88 @@ def _fulltext_search(knowledge_bases: Sequence[KnowledgeBase], request: SearchRe
 def _term_statistics(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) -> TermStatistics:
     """BM25's IDF, ln(1 + (N - df + 0.5) / (df + 0.5)), of each term over the chunks of the
     knowledge bases' live generations, and the terms that pick candidates. N is the documents'
-    chunk counts (no scan); df is one GIN-index count per term, in one round trip."""
+    chunk counts (no scan); df is a GIN-index count per term, remembered from RARE_TERMS_MIN_CHUNKS
+    on (_remembered_frequencies)."""
     if not terms:
         return TermStatistics({}, [])
-    kb_ids, generations = [kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]
+    total = _chunk_total(knowledge_bases)
+    large = total >= RARE_TERMS_MIN_CHUNKS
+    counts = _remembered_frequencies(knowledge_bases, total, terms) if large else {}
+    uncounted = [term for term in terms if term not in counts]
+    if uncounted:
+        counted = _count_frequencies(knowledge_bases, uncounted)
+        if large:
+            _remember_frequencies(knowledge_bases, total, counted)
+        counts.update(counted)
+    frequencies = {term: counts[term] for term in terms if counts[term] > 0}
+    total = max(total, max(frequencies.values(), default=0))
+    weights = {term: math.log(1 + (total - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
+    candidate_terms = list(frequencies)
+    if large and frequencies:
+        rare = [term for term, df in frequencies.items() if df <= COMMON_TERM_SHARE * total]
+        # A question of common words only: its rarest word's chunks are the candidates.
+        candidate_terms = rare or [min(frequencies, key=frequencies.__getitem__)]
+    return TermStatistics(weights, candidate_terms)
+
+
+def _chunk_total(knowledge_bases: Sequence[KnowledgeBase]) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(chunk_count), 0) FROM kb_document WHERE knowledge_base_id = ANY(%s)",
+            [[kb.pk for kb in knowledge_bases]],
+        )
+        (total,) = cursor.fetchone() or (0,)
+    return int(total)
+
+
+def _count_frequencies(knowledge_bases: Sequence[KnowledgeBase], terms: list[str]) -> dict[str, int]:
+    """Each term's number of chunks in the knowledge bases' live generations: one GIN-index count
+    per term, in one round trip."""
     sql = (
         "SELECT u.term, (SELECT count(*) FROM kb_chunk c WHERE c.search_vector @@ to_tsquery('simple', u.q) "
         "AND (c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[])) "
         "AND NOT c.disabled) "
         "FROM unnest(%s::text[], %s::text[]) AS u(term, q)"
     )
+    kb_ids, generations = [kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT coalesce(sum(chunk_count), 0) FROM kb_document WHERE knowledge_base_id = ANY(%s)", [kb_ids]
-        )
-        (total,) = cursor.fetchone() or (0,)
         cursor.execute(sql, [kb_ids, generations, terms, [_lexeme(term) for term in terms]])
-        frequencies = {term: int(df) for term, df in cursor.fetchall() if df > 0}
-    total = max(int(total), max(frequencies.values(), default=0))
-    weights = {term: math.log(1 + (total - df + 0.5) / (df + 0.5)) for term, df in frequencies.items()}
-    candidate_terms = list(frequencies)
-    if total >= RARE_TERMS_MIN_CHUNKS and frequencies:
-        rare = [term for term, df in frequencies.items() if df <= COMMON_TERM_SHARE * total]
-        # A question of common words only: its rarest word's chunks are the candidates.
-        candidate_terms = rare or [min(frequencies, key=frequencies.__getitem__)]
-    return TermStatistics(weights, candidate_terms)
+        return {term: int(df) for term, df in cursor.fetchall()}
+
+
+# From RARE_TERMS_MIN_CHUNKS on, each term's count is kept in Redis for TERM_FREQUENCY_TTL_S, under
+# the knowledge bases' generations and chunk total, so that a document added or deleted starts new
+# counts. Counting a common term reads every chunk that holds it (tens of thousands at 100k
+# chunks), and the few common terms are in most questions. A chunk a member edits or disables
+# leaves a count off by one until it expires, which moves no ranking. Plain integers, read without
+# Django's cache serialiser (which unpickles what is not an integer).
+TERM_FREQUENCY_TTL_S = 600
+
+
+def _frequency_keys(knowledge_bases: Sequence[KnowledgeBase], total: int, terms: list[str]) -> list[str]:
+    searched = ",".join(f"{kb.pk}:{kb.generation}" for kb in sorted(knowledge_bases, key=lambda kb: kb.pk))
+    scope = hashlib.sha256(f"{searched}|{total}".encode()).hexdigest()[:32]
+    return [f"kb:term-chunks:{scope}:{term}" for term in terms]
+
+
+def _remembered_frequencies(knowledge_bases: Sequence[KnowledgeBase], total: int, terms: list[str]) -> dict[str, int]:
+    try:
+        values = shared_redis_client().mget(_frequency_keys(knowledge_bases, total, terms))
+    except RedisError as exc:
+        logger.warning("term counts not remembered: Redis is unavailable (%s)", exc)
+        return {}
+    return {term: int(value) for term, value in zip(terms, values, strict=True) if value is not None}
+
+
+def _remember_frequencies(knowledge_bases: Sequence[KnowledgeBase], total: int, counts: dict[str, int]) -> None:
+    keys = _frequency_keys(knowledge_bases, total, list(counts))
+    try:
+        pipeline = shared_redis_client().pipeline(transaction=False)
+        for key, count in zip(keys, counts.values(), strict=True):
+            pipeline.set(key, count, ex=TERM_FREQUENCY_TTL_S)
+        pipeline.execute()
+    except RedisError as exc:
+        logger.warning("term counts not remembered: Redis is unavailable (%s)", exc)
 
 
 def _lexeme(term: str) -> str:

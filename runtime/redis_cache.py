@@ -9,7 +9,7 @@ and renews in a forked child."""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
@@ -36,3 +36,11 @@ class SharedPoolRedisCache(RedisCache):
     def redis_client(self) -> redis.Redis:
         """A redis-py client on the shared pool, for what the cache API lacks (pipelines)."""
         return self._cache.get_client(write=True)
+
+
+def shared_redis_client() -> redis.Redis:
+    """The default cache's redis-py client (its URL, timeouts and the process's pool), for plain
+    counters that need no serialiser: rate limits, full text's term counts."""
+    from django.core.cache import caches
+
+    return cast(SharedPoolRedisCache, caches["default"]).redis_client()

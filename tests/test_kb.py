@@ -580,10 +580,15 @@ def full_text_knowledge_base(team, documents: dict[str, list[str]]) -> Knowledge
         team=team, provider=provider, kind="embedding", name="e", provider_model_uid="e", dimensions=3
     )
     kb = kb_create(team=team, name="Docs", embedding_model=model)
+    store_full_text_documents(kb, documents)
+    return kb
+
+
+def store_full_text_documents(kb: KnowledgeBase, documents: dict[str, list[str]]) -> None:
     for name, texts in documents.items():
         document = Document.objects.create(
             knowledge_base=kb,
-            team=team,
+            team=kb.team,
             original_name=name,
             sha256=name.ljust(64, "0"),
             size_bytes=1,
@@ -599,7 +604,6 @@ def full_text_knowledge_base(team, documents: dict[str, list[str]]) -> Knowledge
                     "to_tsvector('simple', %s))",
                     [kb.pk, document.pk, kb.generation, ordinal, text, fulltext.index_text(text)],
                 )
-    return kb
 
 
 def test_full_text_weighs_a_rare_term_over_common_ones(team) -> None:
@@ -632,12 +636,51 @@ def test_in_a_large_knowledge_base_only_a_questions_rarer_terms_pick_full_text_c
     # 40 chunks, below the size: every term picks candidates.
     assert len(found("python lru_cache")) == 10
     monkeypatch.setattr(retrieval, "RARE_TERMS_MIN_CHUNKS", 40)
+    monkeypatch.setattr(retrieval, "COMMON_TERM_SHARE", 0.05)
     # lru_cache is in 2 of 40 chunks (5%): only its chunks are candidates.
     assert sorted(found("python lru_cache")) == sorted(texts[38:])
     # A question of common words only still finds chunks: its rarest word's.
     common_only = found("python install")
     assert len(common_only) == 10
     assert all("install" in text for text in common_only)
+
+
+def test_a_large_knowledge_bases_term_counts_are_kept_until_a_document_comes_or_goes(
+    team, monkeypatch, settings
+) -> None:
+    """Past RARE_TERMS_MIN_CHUNKS each term's chunk count is kept in Redis (counting a common term
+    reads every chunk that holds it); a document added changes the chunk total and the counts are
+    taken again. With Redis down the search still answers, counting as it goes."""
+    from kb import retrieval
+
+    monkeypatch.setattr(retrieval, "RARE_TERMS_MIN_CHUNKS", 40)
+    monkeypatch.setattr(retrieval, "COMMON_TERM_SHARE", 0.05)
+    texts = [f"python install notes number {index}" for index in range(38)]
+    texts += ["python lru_cache memoises a function", "python lru_cache python install python"]
+    kb = full_text_knowledge_base(team, {"notes.txt": texts})
+    client = bearer_client(member_of(team, Role.VIEWER), team)
+
+    def search_counting(query: str) -> tuple[list[str], bool]:
+        with CaptureQueriesContext(connection) as queries:
+            hits = search(client, kb, query, mode="fulltext", top_k=10)
+        counted = any("SELECT u.term, (SELECT count(*)" in query["sql"] for query in queries.captured_queries)
+        return sorted(hit["text"] for hit in hits), counted
+
+    first = sorted(texts[38:])
+    assert search_counting("python lru_cache") == (first, True)
+    assert search_counting("python lru_cache") == (first, False)
+    # A new term is counted; the remembered ones are not counted again.
+    with CaptureQueriesContext(connection) as queries:
+        search(client, kb, "python memoises", mode="fulltext")
+    (count_query,) = [query["sql"] for query in queries.captured_queries if "SELECT u.term" in query["sql"]]
+    assert ("memoises" in count_query, "python" in count_query) == (True, False)
+
+    store_full_text_documents(kb, {"more.txt": ["zebra lru_cache", "another lru_cache note"]})
+    after = sorted([*texts[38:], "zebra lru_cache", "another lru_cache note"])
+    assert search_counting("python lru_cache") == (after, True)
+
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": f"redis://127.0.0.1:{free_port()}/0"}}
+    assert search_counting("python lru_cache") == (after, True)
 
 
 def test_a_chunk_row_keeps_its_vector_and_search_terms_inline(team) -> None:
