@@ -12,6 +12,7 @@ import threading
 from typing import Any, cast
 
 import redis
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.utils.functional import cached_property
 
@@ -41,6 +42,4 @@ class SharedPoolRedisCache(RedisCache):
 def shared_redis_client() -> redis.Redis:
     """The default cache's redis-py client (its URL, timeouts and the process's pool), for plain
     counters that need no serialiser: rate limits, full text's term counts."""
-    from django.core.cache import caches
-
     return cast(SharedPoolRedisCache, caches["default"]).redis_client()
