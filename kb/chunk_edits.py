@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import openai
 from django.db import connection, transaction
 from django.db.models import CharField, Exists, Func, OuterRef, QuerySet
+from django.utils import timezone
 
 from accounts.models import User
 from core.domain_errors import DomainError, ModelUnavailable, model_call_error
@@ -255,6 +256,8 @@ def _apply(
                 current.edited_by = user
             current.save(update_fields=["text", "disabled", "edited_by", "updated_at"])
         _write_chunks(kb, targets, final, disabled, vectors)
+        # The document changed: search's kept term counts are versioned by its updated_at.
+        Document.objects.filter(pk=document.pk).update(updated_at=timezone.now())
 
 
 def _targets(document_id: int, sha: str, corrected: str) -> list[tuple[int, int, str]]:

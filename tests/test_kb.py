@@ -19,6 +19,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -645,14 +646,13 @@ def test_in_a_large_knowledge_base_only_a_questions_rarer_terms_pick_full_text_c
     assert all("install" in text for text in common_only)
 
 
-def test_a_large_knowledge_bases_term_counts_are_kept_until_a_document_comes_or_goes(
-    team, monkeypatch, settings
-) -> None:
-    """Past RARE_TERMS_MIN_CHUNKS each term's chunk count is kept in Redis (counting a common term
-    reads every chunk that holds it); a document added changes the chunk total and the counts are
-    taken again. With Redis down the search still answers, counting as it goes."""
+def test_term_counts_are_kept_until_a_document_comes_goes_or_changes(team, monkeypatch, settings) -> None:
+    """Each term's chunk count is kept in Redis (counting a common term reads every chunk that
+    holds it); a document added or changed (its row's updated_at, which a chunk edit moves too)
+    starts new counts. With Redis down the search still answers, counting as it goes."""
     from kb import retrieval
 
+    # The rare-terms rule from 40 chunks, so that the hits are exactly the lru_cache chunks.
     monkeypatch.setattr(retrieval, "RARE_TERMS_MIN_CHUNKS", 40)
     monkeypatch.setattr(retrieval, "COMMON_TERM_SHARE", 0.05)
     texts = [f"python install notes number {index}" for index in range(38)]
@@ -674,6 +674,10 @@ def test_a_large_knowledge_bases_term_counts_are_kept_until_a_document_comes_or_
         search(client, kb, "python memoises", mode="fulltext")
     (count_query,) = [query["sql"] for query in queries.captured_queries if "SELECT u.term" in query["sql"]]
     assert ("memoises" in count_query, "python" in count_query) == (True, False)
+
+    Document.objects.filter(knowledge_base=kb).update(updated_at=timezone.now())
+    assert search_counting("python lru_cache") == (first, True)
+    assert search_counting("python lru_cache") == (first, False)
 
     store_full_text_documents(kb, {"more.txt": ["zebra lru_cache", "another lru_cache note"]})
     after = sorted([*texts[38:], "zebra lru_cache", "another lru_cache note"])

@@ -156,6 +156,8 @@ def test_a_disabled_and_a_corrected_chunk_are_searched_as_edited_and_stay_so_thr
     assert len(search(member, kb, "Who feeds the cats at the lighthouse?", "vector")) == 2  # the other two
 
     # Corrected: embedded again and indexed by its new words (jieba's for the Chinese sentence).
+    # Searched before, they were in no chunk: the search's kept term counts must not hide them after.
+    assert search(member, kb, "saffron pretzels on Mondays", "fulltext") == []
     response = member.patch(f"/api/v1/chunks/{bakery['id']}/", {"text": CORRECTED}, format="json")
     assert response.status_code == 200, response.json()
     body = response.json()
