@@ -240,12 +240,18 @@ def services_env() -> dict[str, str]:
 
 def start_served_web(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """uvicorn as `make run` serves it: a process per core, each with its database pool."""
-    from runtime.supervisor import WEB_DATABASE_POOL_DEFAULT
+    from runtime.supervisor import WEB_DATABASE_POOL_DEFAULT, WEB_KEEP_ALIVE_S
 
-    return start_web({**env, "DATABASE_POOL_MAX_SIZE": str(WEB_DATABASE_POOL_DEFAULT)}, os.cpu_count() or 1)
+    return start_web(
+        {**env, "DATABASE_POOL_MAX_SIZE": str(WEB_DATABASE_POOL_DEFAULT)},
+        os.cpu_count() or 1,
+        ["--timeout-keep-alive", str(WEB_KEEP_ALIVE_S)],
+    )
 
 
-def start_web(env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def start_web(
+    env: dict[str, str], workers: int = 1, options: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
     """uvicorn serving chatplatform.asgi (`workers` processes) on a free loopback port, once it
     answers; the process and its base URL."""
     import httpx
@@ -265,6 +271,7 @@ def start_web(env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen[b
             "warning",
             "--workers",
             str(workers),
+            *options,
         ],
         cwd=BASE_DIR,
         env=env,

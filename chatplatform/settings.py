@@ -371,6 +371,9 @@ EVALUATION_IMPORT_SHARE = env.float("EVALUATION_IMPORT_SHARE", default=0.2)
 # Vector search over at most this many chunks is exact (kb.retrieval): the shared HNSW index
 # loses recall on a filter to a few knowledge bases, and scanning a few thousand rows is cheap.
 KB_EXACT_SEARCH_MAX_CHUNKS = env.int("KB_EXACT_SEARCH_MAX_CHUNKS", default=20000)
+# Searches' query embeddings that arrive while one is on its way to the model server go together
+# in its next call, at most this many (kb.query_embeddings); 1: a call each.
+KB_QUERY_EMBEDDING_BATCH_MAX = env.int("KB_QUERY_EMBEDDING_BATCH_MAX", default=64)
 # OCR (kb.ocr) of scanned PDF pages and images: at most this many pages of a document (the rest are
 # named on the document: about 3 to 8 s a page on 2 cores, so 200 pages fit the task time limit),
 # images up to this many pixels (scaled down before OCR; larger ones are refused from their header,

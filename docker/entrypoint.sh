@@ -58,10 +58,13 @@ case "${role}" in
     export DATABASE_POOL_MAX_SIZE="${DATABASE_POOL_MAX_SIZE:-20}"
     # --proxy-headers trusts X-Forwarded-* only from FORWARDED_ALLOW_IPS (uvicorn reads it
     # from the environment; default 127.0.0.1).
+    # --timeout-keep-alive above the proxy's and clients' own idle timeouts (runtime.supervisor
+    # WEB_KEEP_ALIVE_S), so that they close an idle connection first, never mid-request.
     exec uvicorn chatplatform.asgi:application \
       --host 0.0.0.0 \
       --port "${PORT:-8000}" \
       --workers "${WEB_CONCURRENCY:-2}" \
+      --timeout-keep-alive 75 \
       --proxy-headers \
       "$@"
     ;;

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from redis import RedisError
 from core.domain_errors import DomainError, ModelUnavailable
 from kb import fulltext
 from kb.models import KnowledgeBase, RetrievalMode, VectorIndex
+from kb.query_embeddings import QUERY_EMBEDDINGS
 from kb.vector_indexes import embedding_expression, index_predicate, vector_type
 from models_registry.langchain_models import embeddings_for, reranker_for
 from models_registry.models import ModelRegistration
@@ -136,18 +137,15 @@ SELECT_HIT = (
 )
 
 
-# Query embeddings in flight while the caller's thread searches full text. Only HTTP calls run
-# here: the clients are built in the caller's thread, which reads the provider from the database.
-QUERY_EMBEDDING_CALLS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="query-embedding")
-
-
 def _start_query_vectors(knowledge_bases: Sequence[KnowledgeBase], query: str) -> dict[int, Future[list[float]]]:
-    """The query's embedding from each embedding model the knowledge bases use, by model id."""
+    """The query's embedding from each embedding model the knowledge bases use, by model id, in
+    flight while the caller's thread searches full text. The clients are built here, in the
+    caller's thread, which reads the provider from the database; only HTTP calls run elsewhere."""
     calls: dict[int, Future[list[float]]] = {}
     for kb in knowledge_bases:
         model = kb.embedding_model
         if model.pk not in calls:
-            calls[model.pk] = QUERY_EMBEDDING_CALLS.submit(embeddings_for(model).embed_query, query)
+            calls[model.pk] = QUERY_EMBEDDINGS.submit(embeddings_for(model), query)
     return calls
 
 
