@@ -115,15 +115,14 @@ def kb_search(*, knowledge_bases: Sequence[KnowledgeBase], request: SearchReques
     return hits[: request.top_k]
 
 
-def _filters(
-    knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest, *, with_disabled: bool = False
-) -> tuple[str, list[Any]]:
+def _filters(knowledge_bases: Sequence[KnowledgeBase], request: SearchRequest) -> tuple[str, list[Any]]:
     """Every search's WHERE: the knowledge bases' live generations, less the chunks a member
-    disabled (kb.chunk_edits) unless `with_disabled`. A filter, not part of the HNSW indexes'
-    predicate: an iterative scan skips disabled rows as it skips other knowledge bases' rows."""
-    clauses = ["(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))"]
-    if not with_disabled:
-        clauses.append("NOT c.disabled")
+    disabled (kb.chunk_edits). A filter, not part of the HNSW indexes' predicate: an iterative
+    scan skips disabled rows as it skips other knowledge bases' rows."""
+    clauses = [
+        "(c.knowledge_base_id, c.generation) IN (SELECT * FROM unnest(%s::bigint[], %s::int[]))",
+        "NOT c.disabled",
+    ]
     params: list[Any] = [[kb.pk for kb in knowledge_bases], [kb.generation for kb in knowledge_bases]]
     if request.document_ids:
         clauses.append("c.document_id = ANY(%s)")
