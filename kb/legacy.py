@@ -382,10 +382,23 @@ def _serve() -> None:
     except MemoryError:
         answer = {"error": f"it ran out of memory{_memory_hint(request)}"}
     except Exception as exc:
-        answer = {"error": f"{type(exc).__name__}: {_without(Path(request['path']), exc)}"}
+        if _loader_out_of_memory(exc):
+            answer = {"error": f"it ran out of memory{_memory_hint(request)}"}
+        else:
+            answer = {"error": f"{type(exc).__name__}: {_without(Path(request['path']), exc)}"}
     answer["blocked"] = blocked
     answers.write(json.dumps(answer, ensure_ascii=False))
     answers.flush()
+
+
+def _loader_out_of_memory(exc: Exception) -> bool:
+    """Under the memory bound a library too large to load fails in the dynamic loader, raised as
+    an ImportError or OSError ("failed to map segment from shared object", "cannot allocate
+    memory"), not as a MemoryError: which one came first varied from run to run."""
+    message = str(exc).lower()
+    return isinstance(exc, ImportError | OSError) and (
+        "failed to map segment" in message or "cannot allocate memory" in message
+    )
 
 
 def _offline(blocked: list[str]) -> Callable[[str, tuple[Any, ...]], None]:
