@@ -379,10 +379,8 @@ def _serve() -> None:
             answer = _convert(request)
         else:
             answer = _partition(request["kind"], Path(request["path"]))
-    except MemoryError:
-        answer = {"error": f"it ran out of memory{_memory_hint(request)}"}
     except Exception as exc:
-        if _loader_out_of_memory(exc):
+        if _out_of_memory(exc):
             answer = {"error": f"it ran out of memory{_memory_hint(request)}"}
         else:
             answer = {"error": f"{type(exc).__name__}: {_without(Path(request['path']), exc)}"}
@@ -391,10 +389,12 @@ def _serve() -> None:
     answers.flush()
 
 
-def _loader_out_of_memory(exc: Exception) -> bool:
-    """Under the memory bound a library too large to load fails in the dynamic loader, raised as
-    an ImportError or OSError ("failed to map segment from shared object", "cannot allocate
-    memory"), not as a MemoryError: which one came first varied from run to run."""
+def _out_of_memory(exc: Exception) -> bool:
+    """A MemoryError, or the dynamic loader failing to load a library under the memory bound,
+    raised as an ImportError or OSError ("failed to map segment from shared object", "cannot
+    allocate memory"): which of the two came first varied from run to run."""
+    if isinstance(exc, MemoryError):
+        return True
     message = str(exc).lower()
     return isinstance(exc, ImportError | OSError) and (
         "failed to map segment" in message or "cannot allocate memory" in message

@@ -4,8 +4,8 @@ A search's query embedding is one HTTP call to the model server, which answers o
 time per model: 50 searches at once queued 50 calls behind each other, each paying the server's
 own overhead (about 30 ms for MiniLM on Xinference on 2 cores, most of it not the model). Here a
 lone query is sent at once, as before; queries arriving while a call is under way wait for it to
-return and then go together in one call (at most QUERY_BATCH_MAX texts), so a crowd costs a few
-calls instead of one each. Nothing waits on a timer."""
+return and then go together in one call (at most settings.KB_QUERY_EMBEDDING_BATCH_MAX texts),
+so a crowd costs a few calls instead of one each. Nothing waits on a timer."""
 
 from __future__ import annotations
 
